@@ -1,0 +1,171 @@
+"""The cluster-wide LM limiter: one named, detached Ray actor per LM endpoint.
+
+Every LM client of every run on the cluster that talks to the same endpoint (same
+`LMConfig.endpoint_key`) goes through the same `LimiterActor`, so the provider's in-flight,
+requests-per-minute and tokens-per-minute limits hold however many trials run.
+
+Slots are leases: each admitted request holds a lease with a time-to-live (the client's HTTP
+timeout plus a margin). A lease whose holder died (a killed trial actor or driver) is
+reclaimed when it expires, so a crash never shrinks the cluster's capacity for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+import ray
+from ray.actor import ActorHandle
+
+from mipro_ray.limiter import LimiterStats, LocalLimiter
+from mipro_ray.lm import LMConfig
+
+logger = logging.getLogger(__name__)
+
+NAMESPACE = "mipro_ray"
+_REAP_INTERVAL_S = 5.0
+
+
+def limiter_name(config: LMConfig) -> str:
+    """The Ray actor name of an endpoint's limiter."""
+    return f"mipro_ray_limiter:{config.endpoint_key()}"
+
+
+class LimiterActor:
+    """Async actor holding a `LocalLimiter` and the leases it granted."""
+
+    def __init__(self, max_in_flight: int, rpm: int | None, tpm: int | None) -> None:
+        self._limits = (max_in_flight, rpm, tpm)
+        self._limiter = LocalLimiter(max_in_flight=max_in_flight, rpm=rpm, tpm=tpm)
+        self._pending: dict[str, asyncio.Task[None]] = {}
+        self._leases: dict[str, float] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def limits(self) -> tuple[int, int | None, int | None]:
+        """Returns (max_in_flight, rpm, tpm)."""
+        return self._limits
+
+    async def acquire(self, lease: str, tokens: int, ttl_s: float) -> bool:
+        """Waits for a slot and records ``lease``; False if the lease was released meanwhile."""
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap())
+        task = asyncio.get_running_loop().create_task(self._limiter.acquire(tokens))
+        self._pending[lease] = task
+        try:
+            await task
+        except asyncio.CancelledError:
+            return False
+        finally:
+            self._pending.pop(lease, None)
+        self._leases[lease] = time.monotonic() + ttl_s
+        return True
+
+    async def release(self, lease: str, tokens: int) -> None:
+        """Ends a lease, or abandons its wait if it was not granted yet."""
+        task = self._pending.pop(lease, None)
+        if task is not None:
+            task.cancel()
+            return
+        if self._leases.pop(lease, None) is not None:
+            await self._limiter.release(tokens)
+
+    def stats(self) -> LimiterStats:
+        """Counters of the limiter (in flight, peak, waiting, admitted)."""
+        return self._limiter.stats()
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(_REAP_INTERVAL_S)
+            now = time.monotonic()
+            for lease in [k for k, deadline in self._leases.items() if deadline < now]:
+                del self._leases[lease]
+                logger.warning("reclaimed expired LM lease %s (its holder died or hung)", lease)
+                await self._limiter.release(0)
+
+
+_RemoteLimiter = ray.remote(LimiterActor)
+
+
+def get_limiter_actor(
+    config: LMConfig, *, max_in_flight: int | None = None
+) -> ActorHandle[LimiterActor]:
+    """Gets or creates the endpoint's limiter actor (detached, in the ``mipro_ray`` namespace).
+
+    The first creator fixes the limits; a later caller asking for other limits gets the
+    existing actor and a warning.
+    """
+    cap = max_in_flight if max_in_flight is not None else config.max_concurrency
+    handle: Any = _RemoteLimiter.options(
+        name=limiter_name(config),
+        num_cpus=0,
+        max_concurrency=100_000,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(cap, config.rpm, config.tpm)
+    existing: tuple[int, int | None, int | None] = ray.get(handle.limits.remote())
+    if tuple(existing) != (cap, config.rpm, config.tpm):
+        logger.warning(
+            "the limiter of %s already runs with limits %s; asked for %s (kept the existing)",
+            config.model,
+            existing,
+            (cap, config.rpm, config.tpm),
+        )
+    return handle  # type: ignore[no-any-return]
+
+
+class RayLimiter:
+    """`Limiter` client of a `LimiterActor`, usable from any process of the cluster.
+
+    Picklable: it holds the actor's name and looks the handle up lazily.
+    """
+
+    def __init__(self, name: str, *, ttl_s: float) -> None:
+        """Args: name: the actor name (`limiter_name`); ttl_s: lease time-to-live."""
+        self._name = name
+        self._ttl_s = ttl_s
+        self._handle: Any = None
+        self._held: deque[str] = deque()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_name": self._name, "_ttl_s": self._ttl_s}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self._name = str(state["_name"])
+        ttl = state["_ttl_s"]
+        self._ttl_s = float(ttl) if isinstance(ttl, int | float) else 0.0
+        self._handle = None
+        self._held = deque()
+
+    def _actor(self) -> Any:
+        if self._handle is None:
+            self._handle = ray.get_actor(self._name, namespace=NAMESPACE)
+        return self._handle
+
+    async def acquire(self, tokens: int) -> None:
+        """Waits for a cluster-wide slot."""
+        lease = uuid.uuid4().hex
+        actor = self._actor()
+        try:
+            granted = await actor.acquire.remote(lease, tokens, self._ttl_s)
+        except asyncio.CancelledError:
+            # The actor may grant the slot after we stop waiting: end the lease either way.
+            actor.release.remote(lease, 0)
+            raise
+        if not granted:
+            raise RuntimeError(f"limiter {self._name} abandoned lease {lease}")
+        self._held.append(lease)
+
+    async def release(self, tokens: int) -> None:
+        """Returns one slot held by this client."""
+        if self._held:
+            await self._actor().release.remote(self._held.popleft(), tokens)
+
+    async def stats(self) -> LimiterStats:
+        """The actor's counters."""
+        stats: LimiterStats = await self._actor().stats.remote()
+        return stats
