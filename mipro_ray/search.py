@@ -545,9 +545,7 @@ def run_search(
     abandoned = mark_abandoned_trials_failed(storage, study_name)
     if abandoned:
         logger.info("marked %d trial(s) of an interrupted run as failed", abandoned)
-    sampler = optuna.samplers.TPESampler(
-        seed=spec.seed, multivariate=True, constant_liar=True
-    )
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=True)
     inner = OptunaSearch(
         space=search_space(spec.candidates, temperature_range),
         metric="score",

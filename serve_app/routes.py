@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -44,7 +46,15 @@ def create_app(service: StudyService, settings: Settings) -> FastAPI:
         service: The replica's study service.
         settings: Auth token and body limit.
     """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Start the study hosts now, so no client request waits for a process to start.
+        await service.warm_up()
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="mipro-ray optimizer service",
         description="Drop-in optimizer endpoint for Ax's AxMiPRO (optimizerEndpoint), with "
         "durable studies shared by every replica.",

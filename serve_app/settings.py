@@ -32,9 +32,12 @@ class Settings(BaseSettings):
         autoscaling_min_replicas: Enables autoscaling together with ``autoscaling_max_replicas``.
         autoscaling_max_replicas: Upper bound of replicas when autoscaling.
         max_ongoing_requests: Concurrent requests one replica accepts.
-        actor_namespace: Ray namespace of the per-study actors.
-        study_idle_seconds: A study actor with no call for this long exits (its state is in the
-            database; the next call recreates it).
+        actor_namespace: Ray namespace of the study host actors.
+        study_hosts: Number of study host actors; studies are sharded over them by name.
+            Changing it starts a new set of hosts (stop the old deployment first).
+        study_host_threads: Calls one host runs at once (on different studies).
+        study_idle_seconds: A study with no call for this long is dropped from its host's
+            memory (the database has it; the next call reloads it).
         sqlite_synchronous: SQLite ``PRAGMA synchronous`` (``NORMAL`` in WAL mode survives a
             killed process; ``FULL`` also survives power loss).
     """
@@ -51,6 +54,8 @@ class Settings(BaseSettings):
     autoscaling_max_replicas: int | None = Field(default=None, ge=1)
     max_ongoing_requests: int = Field(default=64, ge=1)
     actor_namespace: str = "mipro_ray_serve"
+    study_hosts: int = Field(default=2, ge=1, le=256)
+    study_host_threads: int = Field(default=8, ge=1)
     study_idle_seconds: float = Field(default=3600.0, gt=0)
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
 

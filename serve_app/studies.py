@@ -1,8 +1,8 @@
-"""The replica-side service: studies and jobs, reached through the per-study actors.
+"""The replica-side service: studies and jobs, reached through the study host actors.
 
-A replica holds no study state: it finds (or creates) the study's actor by name and awaits its
-answer, so the event loop never blocks; database work of its own (creating a study, reading
-jobs) runs in a worker thread.
+A replica holds no study state: it finds (or creates) the host that owns a study by name and
+awaits its answer, so the event loop never blocks; database work of its own (creating a study,
+reading jobs) runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from serve_app.models import (
     SuggestResponse,
 )
 from serve_app.settings import Settings
-from serve_app.study_actor import StudyState, actor_name
+from serve_app.study_host import StudyHost, host_index, host_name
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-StudyActor = ray.remote(StudyState)
-"""Ray actor class of :class:`StudyState`; see :meth:`StudyService._actor` for its options."""
+StudyHostActor = ray.remote(StudyHost)
+"""Ray actor class of :class:`StudyHost`; see :meth:`StudyService._host` for its options."""
 
 
 class StudyService:
@@ -55,7 +55,7 @@ class StudyService:
         # The actors never need the token.
         self._actor_settings = settings.model_copy(update={"auth_token": None})
         self._db: Database | None = None
-        self._handles: dict[str, Any] = {}
+        self._hosts: dict[int, Any] = {}
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(func, *args)
@@ -115,11 +115,8 @@ class StudyService:
         return result
 
     async def delete_study(self, study_name: str) -> None:
-        """Deletes ``study_name`` and stops its actor."""
+        """Deletes ``study_name`` (its job keeps its last progress)."""
         await self._call(study_name, "delete")
-        handle = self._handles.pop(study_name, None)
-        if handle is not None:
-            await self._run(ray.kill, handle)
 
     async def list_studies(self) -> list[str]:
         """Names of all studies."""
@@ -170,45 +167,50 @@ class StudyService:
 
     # -- actors --------------------------------------------------------------------------
 
-    async def _actor(self, study_name: str) -> Any:
-        handle = self._handles.get(study_name)
-        if handle is not None:
-            return handle
-        if not await self._study_exists(study_name):
-            raise NotFoundError(f"study '{study_name}' not found")
-        handle = await self._run(self._get_or_create_actor, study_name)
-        self._handles[study_name] = handle
+    async def warm_up(self) -> None:
+        """Starts (or finds) every study host, so no request waits for a process to start."""
+        await asyncio.gather(
+            *(self._host_call(index, "ready") for index in range(self._settings.study_hosts))
+        )
+
+    async def _host(self, index: int) -> Any:
+        handle = self._hosts.get(index)
+        if handle is None:
+            handle = await self._run(self._get_or_create_host, index)
+            self._hosts[index] = handle
         return handle
 
-    def _get_or_create_actor(self, study_name: str) -> Any:
-        return StudyActor.options(
-            name=actor_name(self._settings, study_name),
+    def _get_or_create_host(self, index: int) -> Any:
+        return StudyHostActor.options(
+            name=host_name(self._settings, index),
             namespace=self._settings.actor_namespace,
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
             max_restarts=-1,
-            max_concurrency=1,
-        ).remote(study_name, self._actor_settings)
+            max_concurrency=self._settings.study_host_threads,
+        ).remote(self._actor_settings)
 
     async def _call(self, study_name: str, method: str, *args: Any) -> Any:
+        index = host_index(study_name, self._settings.study_hosts)
+        return await self._host_call(index, "call", study_name, method, *args)
+
+    async def _host_call(self, index: int, method: str, *args: Any) -> Any:
         for attempt in range(2):
-            handle = await self._actor(study_name)
+            handle = await self._host(index)
             try:
                 return await getattr(handle, method).remote(*args)
             except RayTaskError as exc:
                 cause = exc.cause
-                if isinstance(cause, NotFoundError):
-                    self._handles.pop(study_name, None)
                 if isinstance(cause, MiproError):
                     raise cause from None
                 raise
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-                self._handles.pop(study_name, None)
-                logger.warning("actor of study '%s' unavailable (%s); retrying", study_name, exc)
+                self._hosts.pop(index, None)
+                logger.warning("study host %d unavailable (%s); retrying", index, exc)
                 if attempt == 1:
                     raise ServiceUnavailableError(
-                        f"the actor of study '{study_name}' is unavailable; retry shortly"
+                        f"study host {index} is unavailable; retry shortly"
                     ) from exc
         raise AssertionError("unreachable")
 

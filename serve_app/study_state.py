@@ -1,17 +1,16 @@
-"""One Ray actor per active study: the study in memory, every change written through.
+"""One study held in memory, with every change written through to the database.
 
 :class:`StudyState` holds one study's Optuna study on ``InMemoryStorage`` (so the sampler works
-at in-memory speed) and is the **only writer** of that study: it runs as a named, detached Ray
-actor (``mipro_study:<database key>:<study name>``, see :func:`actor_name`), created on demand
-by whichever replica first needs it, so exactly one exists per study cluster-wide and replicas
-stay stateless. Calls are serialized (one at a time), which makes trial numbers distinct.
+at in-memory speed) and is the **only writer** of that study: it lives in the study's host
+actor (``serve_app.study_host``), exactly one per study cluster-wide, which runs its calls one
+at a time, so trial numbers are distinct.
 
 Durability: each state change (a new trial with its parameters; a trial's final state, value
 and intermediate values; a job's status) is committed to the database **before** the call
 answers. If a write fails, the in-memory copy is discarded and rebuilt from the database on the
-next call. When the actor process dies, Ray restarts it (or the next call recreates it) and it
-rebuilds the study from the database: no told trial is lost, and RUNNING trials can still be
-evaluated by number.
+next call. When the host process dies, Ray restarts it and it rebuilds each study from the
+database on its next call: no told trial is lost, and RUNNING trials can still be evaluated by
+number.
 
 Stale trials: a RUNNING trial older than ``stale_trial_seconds`` is marked FAIL (with a
 ``fail_reason`` system attribute) lazily, on every suggest, evaluate, results and progress call.
@@ -48,11 +47,6 @@ from serve_app.samplers import make_pruner, make_sampler, search_space
 from serve_app.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def actor_name(settings: Settings, study_name: str) -> str:
-    """The cluster-wide name of the actor that owns ``study_name`` in this database."""
-    return f"mipro_study:{settings.database_key}:{study_name}"
 
 
 def _aware(value: datetime | None) -> datetime | None:

@@ -1,0 +1,111 @@
+"""Search bookkeeping without Ray: full-evaluation cadence, budgets, patience, resume state."""
+
+from __future__ import annotations
+
+from mipro_ray import Pipeline, Usage
+from mipro_ray.search import (
+    Candidates,
+    SearchPlan,
+    SearchState,
+    TrialRecord,
+    apply_params,
+    minibatch_indices,
+)
+
+
+def _record(
+    number: int, score: float | None, params: dict[str, int | float], **kw: object
+) -> TrialRecord:
+    fields: dict[str, object] = {
+        "number": number,
+        "kind": "minibatch",
+        "params": params,
+        "score": score,
+        "state": "complete" if score is not None else "failed",
+    }
+    fields.update(kw)
+    return TrialRecord.model_validate(fields)
+
+
+def _state(plan: SearchPlan, records: list[TrialRecord] | None = None) -> SearchState:
+    return SearchState(plan, records=records or [], usage_before=Usage(), on_record=lambda r: None)
+
+
+PLAN = SearchPlan(num_trials=10, full_eval_steps=2, baseline={"p__instruction": 0, "p__demos": 0})
+
+
+def test_every_full_eval_step_queues_the_best_unevaluated_config() -> None:
+    state = _state(PLAN)
+    state.add(_record(1, 0.4, {"p__instruction": 1, "p__demos": 0}))
+    assert not state.pending_full
+    state.add(_record(2, 0.7, {"p__instruction": 2, "p__demos": 1}))
+    assert list(state.pending_full) == [{"p__instruction": 2, "p__demos": 1}]
+    state.pending_full.popleft()  # now running
+    state.add(_record(3, 0.9, {"p__instruction": 2, "p__demos": 1}))
+    state.add(_record(4, 0.5, {"p__instruction": 3, "p__demos": 1}))
+    # the 0.8-mean config is running already: the next best unevaluated one is chosen
+    assert list(state.pending_full) == [{"p__instruction": 3, "p__demos": 1}]
+
+
+def test_failed_trials_never_count_as_scores() -> None:
+    state = _state(PLAN)
+    state.add(_record(1, None, {"p__instruction": 1, "p__demos": 0}, error="boom"))
+    state.add(_record(2, None, {"p__instruction": 2, "p__demos": 0}, error="boom"))
+    assert not state.pending_full  # nothing scored, nothing to evaluate fully
+
+
+def test_call_budget_stops_hard_and_patience_stops_soft() -> None:
+    budget = PLAN.model_copy(update={"max_calls": 50})
+    state = _state(budget)
+    state.add(_record(1, 0.5, {"p__instruction": 1, "p__demos": 0}, calls=30))
+    assert state.stop_reason is None
+    state.add(_record(2, 0.5, {"p__instruction": 2, "p__demos": 0}, calls=30, cache_hits=5))
+    assert state.stop_reason == "budget: 55 LLM calls reached max_calls=50" and state.hard_stop
+
+    patient = _state(PLAN.model_copy(update={"patience": 2}))
+    patient.add(_record(1, 0.5, {"p__instruction": 1, "p__demos": 0}))
+    patient.add(_record(2, 0.4, {"p__instruction": 2, "p__demos": 0}))
+    assert patient.stop_reason is None
+    patient.add(_record(3, 0.3, {"p__instruction": 3, "p__demos": 0}))
+    assert patient.stop_reason == "no improvement in 2 trials (patience)"
+    assert not patient.hard_stop
+
+
+def test_resumed_state_continues_numbering_and_counts() -> None:
+    earlier = [
+        _record(0, 0.2, {"p__instruction": 0, "p__demos": 0}, kind="baseline"),
+        _record(1, 0.5, {"p__instruction": 1, "p__demos": 0}),
+        _record(2, 0.6, {"p__instruction": 2, "p__demos": 0}),
+    ]
+    state = _state(PLAN, earlier)
+    assert state.baseline_done()
+    assert state.minibatch_done() == 2
+    assert state.next_number == 3
+
+
+def test_minibatches_are_seeded_and_differ_between_trials() -> None:
+    a = minibatch_indices(100, 25, seed=0, number=1)
+    assert a == minibatch_indices(100, 25, seed=0, number=1)
+    assert a != minibatch_indices(100, 25, seed=0, number=2)
+    assert len(set(a)) == 25
+    assert minibatch_indices(10, 25, seed=0, number=1) == list(range(10))
+
+
+def test_apply_params_sets_instruction_demos_and_temperature() -> None:
+    program = Pipeline.from_signatures("question -> answer", instructions=["original"])
+    candidates = Candidates(
+        instructions={"predict": ["original", "better"]},
+        demo_sets={"predict": [[], [{"question": "q", "answer": "a"}]]},
+    )
+    chosen = apply_params(
+        program,
+        candidates,
+        {"predict__instruction": 1, "predict__demos": 1, "predict__temperature": 0.7},
+    )
+    step = chosen.named_predictors()["predict"]
+    assert (step.instruction, step.demos, step.settings.temperature) == (
+        "better",
+        [{"question": "q", "answer": "a"}],
+        0.7,
+    )
+    assert program.named_predictors()["predict"].instruction == "original"  # a copy
