@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from tqdm import tqdm
 
@@ -28,8 +29,8 @@ logger = logging.getLogger("mipro_ray")
 class ProgressBar:
     """A tqdm bar over search trials: best scores, LLM calls, tokens, elapsed and ETA."""
 
-    def __init__(self, *, stream: object = None) -> None:
-        self._bar: tqdm[None] | None = None
+    def __init__(self, *, stream: TextIO | None = None) -> None:
+        self._bar: tqdm | None = None
         self._stream = stream if stream is not None else sys.stderr
 
     def __call__(self, event: RunEvent) -> None:
@@ -38,9 +39,9 @@ class ProgressBar:
             if self._bar is None and p.phase == "searching":
                 self._bar = tqdm(
                     total=p.trials_planned, desc="searching", unit="trial", file=self._stream
-                )  # type: ignore[arg-type]
+                )
             elif p.phase in ("bootstrapping", "proposing"):
-                tqdm.write(f"[{p.elapsed_s:6.1f}s] {p.phase}...", file=self._stream)  # type: ignore[arg-type]
+                tqdm.write(f"[{p.elapsed_s:6.1f}s] {p.phase}...", file=self._stream)
             return
         if self._bar is None:
             return
@@ -52,7 +53,7 @@ class ProgressBar:
             f"tokens {p.tokens}"
         )
         if event.trial is not None and event.trial.state == "failed":
-            tqdm.write(f"trial {event.trial.number} failed: {event.trial.error}", file=self._stream)  # type: ignore[arg-type]
+            tqdm.write(f"trial {event.trial.number} failed: {event.trial.error}", file=self._stream)
 
     def close(self) -> None:
         """Closes the bar."""

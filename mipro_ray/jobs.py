@@ -29,7 +29,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, JsonValue, ValidationError
@@ -56,7 +56,7 @@ _KEY_PATTERNS = (
     re.compile(r"[?&](?:api[_-]?key|key|token|access[_-]?token)=", re.I),
 )
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_SECRET_FIELDS = frozenset({"api_key", "apikey", "key", "token", "secret", "password"})
+_SECRET_FIELDS = frozenset({"api_key", "apikey", "api_token", "access_token", "secret", "password"})
 
 
 class JobStatus(Progress):
@@ -128,9 +128,9 @@ def find_secrets(value: JsonValue, path: str = "") -> list[str]:
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
             lowered = str(key).lower()
-            if lowered in _SECRET_FIELDS and item not in (None, ""):
-                found.append(where)
-            elif lowered == "api_key_env" and isinstance(item, str) and not _ENV_NAME.match(item):
+            named_secret = lowered in _SECRET_FIELDS and item not in (None, "")
+            bad_env = lowered == "api_key_env" and isinstance(item, str)
+            if named_secret or (bad_env and not _ENV_NAME.match(str(item))):
                 found.append(where)
             else:
                 found.extend(find_secrets(item, where))
@@ -235,6 +235,9 @@ class JobActor:
             self._run_dir = RunDir(self._status.run_dir)
             self._run_dir.write_json("job_spec.json", self._spec.model_dump(mode="json"))
             self._persist()
+            if self._cancel.is_set():
+                self._end("cancelled", stop_reason="cancelled before the run started")
+                return
             outcome = run_spec(
                 self._spec,
                 on_event=self._on_event,
@@ -271,6 +274,7 @@ class JobActor:
             self._publish(None, update)
             return
         update["eta_s"] = self._eta(p)
+        update["elapsed_s"] = time.time() - self._status.created_at
         self._publish(event, update)
 
     def _eta(self, p: Progress) -> float | None:
@@ -280,18 +284,18 @@ class JobActor:
         return max(p.trials_planned - p.trials_done, 0) * per_trial
 
     def _end(self, phase: Phase, **update: Any) -> None:
+        now = time.time()
         with self._cond:
-            elapsed = time.time() - self._status.created_at
-        update.update(phase=phase, finished_at=time.time(), eta_s=None, elapsed_s=elapsed)
-        message = f"job {phase}"
-        if update.get("error"):
-            message += f": {update['error']}"
-        elif update.get("stop_reason"):
-            message += f" ({update['stop_reason']})"
-        with self._cond:
-            progress = Progress.model_validate(
-                {k: v for k, v in {**self._status.model_dump(), **update}.items() if k in _PROGRESS}
+            update.update(
+                phase=phase, finished_at=now, eta_s=None, elapsed_s=now - self._status.created_at
             )
+            status = self._status.model_copy(update=update)
+        message = f"job {phase}"
+        if status.error is not None:
+            message += f": {status.error}"
+        elif status.stop_reason is not None:
+            message += f" ({status.stop_reason})"
+        progress = Progress.model_validate(status.model_dump(include=_PROGRESS))
         self._publish(RunEvent(kind="phase", message=message, progress=progress), update)
 
     def _publish(self, event: RunEvent | None, update: dict[str, Any]) -> None:
@@ -330,7 +334,7 @@ class JobActor:
         ray.get_runtime_context().current_actor.__ray_terminate__.remote()
 
 
-_PROGRESS = frozenset(Progress.model_fields)
+_PROGRESS = set(Progress.model_fields)
 
 RemoteJobActor = ray.remote(JobActor)
 """The Ray actor class of `JobActor` (threaded: status reads never wait for the run)."""
@@ -433,6 +437,3 @@ def read_result(run_dir: str) -> dict[str, JsonValue]:
 
 def _json(value: object) -> JsonValue:
     return json.loads(json.dumps(value))  # type: ignore[no-any-return]
-
-
-JobKind = Literal["phase", "trial"]
