@@ -359,7 +359,7 @@ def start_job(
         num_cpus: CPUs reserved for the job's driver (its trials reserve their own).
         linger_s: Seconds the actor stays after the job ended.
     """
-    handle: Any = RemoteJobActor.options(  # type: ignore[attr-defined]
+    handle: Any = RemoteJobActor.options(
         name=job_actor_name(job_id),
         namespace=NAMESPACE,
         lifetime="detached",
@@ -420,20 +420,62 @@ def _parse_events(data: bytes, run_dir: str, after: int) -> Iterator[JobEvent]:
             raise StorageError(f"{EVENTS_FILE} in '{run_dir}' line {n + 1}: {exc}") from exc
 
 
-def read_result(run_dir: str) -> dict[str, JsonValue]:
-    """The best program (state and Ax export) and the run's summary from its run directory.
+class JobResult(BaseModel):
+    """The outcome of a finished (or cancelled) job, from its run directory.
+
+    Attributes:
+        job_id: The job.
+        phase: ``finished`` or ``cancelled`` (a cancelled job keeps what finished).
+        best_score: Full-validation score of ``program``.
+        baseline_score: The unoptimized program's full-validation score.
+        baseline_test_score: The unoptimized program on the test split (None without one).
+        optimized_test_score: ``program`` on the test split.
+        stop_reason: Why the search ended.
+        program: The best program's state (``mipro_ray.load_program`` reads it).
+        ax_program: The same in the shape Ax programs apply.
+        summary: The run's ``result.json`` (params, usage by phase, projection, timings).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    phase: Phase
+    best_score: float | None
+    baseline_score: float | None
+    baseline_test_score: float | None
+    optimized_test_score: float | None
+    stop_reason: str | None
+    program: JsonValue
+    ax_program: JsonValue
+    summary: JsonValue
+
+
+def read_result(status: JobStatus) -> JobResult:
+    """The result a terminal job left in its run directory.
 
     Raises:
         StorageError: the run wrote no result (it failed before the end, or still runs).
     """
-    rd = RunDir(run_dir)
+    rd = RunDir(status.run_dir)
     program, ax, summary = (
         rd.read_json(n) for n in ("best_program.json", "best_program.ax.json", "result.json")
     )
     if program is None or summary is None:
-        raise StorageError(f"the run in '{run_dir}' wrote no result")
-    return {"program": _json(program), "ax_program": _json(ax), "summary": _json(summary)}
+        raise StorageError(f"the run in '{status.run_dir}' wrote no result")
+    return JobResult(
+        job_id=status.job_id,
+        phase=status.phase,
+        best_score=status.best_full_score,
+        baseline_score=status.baseline_score,
+        baseline_test_score=status.baseline_test_score,
+        optimized_test_score=status.optimized_test_score,
+        stop_reason=status.stop_reason,
+        program=_json(program),
+        ax_program=_json(ax),
+        summary=_json(summary),
+    )
 
 
 def _json(value: object) -> JsonValue:
-    return json.loads(json.dumps(value))  # type: ignore[no-any-return]
+    loaded: JsonValue = json.loads(json.dumps(value))
+    return loaded

@@ -20,6 +20,7 @@ import random
 import re
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -45,7 +46,7 @@ from mipro_ray.errors import (
 from mipro_ray.limiter import Limiter
 from mipro_ray.prompt import ChatMessage
 
-__all__ = ["LM", "LMConfig", "LMRequest", "LMResponse", "Usage"]
+__all__ = ["LM", "LMCall", "LMConfig", "LMObserver", "LMRequest", "LMResponse", "Usage"]
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,31 @@ class Usage(BaseModel):
         return self.merge(other)
 
 
+@dataclass(frozen=True)
+class LMCall:
+    """One finished `LM.complete` call, as an observer sees it (never prompts or keys).
+
+    Attributes:
+        model: The config's model name.
+        latency_s: Wall time of the call, retries included.
+        prompt_tokens: Prompt tokens of a network answer (0 for hits and errors).
+        completion_tokens: Completion tokens of a network answer.
+        cached: Whether the response cache answered.
+        error_kind: `LMError.kind` when the call finally failed, else None.
+    """
+
+    model: str
+    latency_s: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error_kind: str | None = None
+
+
+LMObserver = Callable[[LMCall], None]
+"""Called after every `LM.complete` call, in the caller's event loop (keep it fast)."""
+
+
 @dataclass
 class _Counters:
     """Mutable twin of `Usage`, updated in place by one `LM`."""
@@ -293,14 +319,22 @@ class LM:
     Args:
         config: The endpoint and policy.
         limiter: Optional admission control shared with other clients of the endpoint.
+        observer: Optional callback after every call (e.g. `mipro_ray.telemetry`).
 
     Raises:
         ConfigError: The environment variable named by ``config.api_key_env`` is not set.
     """
 
-    def __init__(self, config: LMConfig, *, limiter: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        config: LMConfig,
+        *,
+        limiter: Limiter | None = None,
+        observer: LMObserver | None = None,
+    ) -> None:
         self.config = config
         self.limiter = limiter
+        self.observer = observer
         self._api_key = _Secret(_read_api_key(config))
         self._cache = (
             ResponseCache(path=default_cache_dir(config.cache_dir) / CACHE_FILE_NAME)
@@ -373,6 +407,7 @@ class LM:
                     result = await self._with_retries(state.client, request, send_format)
             except LMError as exc:
                 self._counters.errors[exc.kind] = self._counters.errors.get(exc.kind, 0) + 1
+                self._observe(time.monotonic() - start, error_kind=exc.kind)
                 raise
         text, prompt_tokens, completion_tokens = result
         response = LMResponse(
@@ -383,13 +418,28 @@ class LM:
             cached=False,
         )
         self._counters.add_call(response, self._cost(prompt_tokens, completion_tokens))
+        self._observe(response.latency_s, tokens=(prompt_tokens, completion_tokens))
         await self._cache_put(request, response, sent_format=send_format)
         return response
 
     def _serve_hit(self, hit: LMResponse, start: float) -> LMResponse:
         response = hit.model_copy(update={"cached": True, "latency_s": time.monotonic() - start})
         self._counters.add_call(response, 0.0)
+        self._observe(response.latency_s, cached=True)
         return response
+
+    def _observe(
+        self,
+        latency_s: float,
+        *,
+        tokens: tuple[int, int] = (0, 0),
+        cached: bool = False,
+        error_kind: str | None = None,
+    ) -> None:
+        if self.observer is not None:
+            self.observer(
+                LMCall(self.config.model, latency_s, *tokens, cached=cached, error_kind=error_kind)
+            )
 
     # -- internals ---------------------------------------------------------------------------
 

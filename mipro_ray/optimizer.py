@@ -26,6 +26,7 @@ import optuna
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
+from mipro_ray import telemetry
 from mipro_ray.bootstrap import DemoSets, bootstrap_demo_sets
 from mipro_ray.config import MiproSettings, ResolvedSettings
 from mipro_ray.errors import ConfigError, MiproError, StorageError
@@ -39,16 +40,17 @@ from mipro_ray.propose import (
     summarize_dataset,
 )
 from mipro_ray.ray_limiter import RayLimiter, get_limiter_actor, limiter_name
+from mipro_ray.report import write_report
 from mipro_ray.rundir import RunDir
 from mipro_ray.search import (
     Candidates,
     SearchPlan,
+    SearchRun,
     SearchState,
     TrialRecord,
     TrialSpec,
     apply_params,
     baseline_params,
-    run_search,
 )
 from mipro_ray.signature import Example
 
@@ -191,6 +193,7 @@ class MIPRO:
         self.cancel = cancel if cancel is not None else threading.Event()
         self._start = time.perf_counter()
         self._phase: Phase = "queued"
+        self._emit_lock = threading.Lock()  # the search thread emits trial events too
 
     # -- public -----------------------------------------------------------------------------
 
@@ -239,16 +242,13 @@ class MIPRO:
             resolved.num_trials, resolved.num_candidates, len(val),
         )  # fmt: skip
         self._ensure_ray()
-        for config in {self.student, self.teacher, self.proposer}:
-            get_limiter_actor(config)
-
-        candidates, prep_usage, failures = self._candidates(program, train, resolved, run_dir)
-        records = run_dir.read_trials()
-        usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get("propose", Usage())
+        lm_configs = {self.student, self.teacher, self.proposer}
+        for config in lm_configs:
+            get_limiter_actor(config, wait=False)  # its process starts while Tune starts
         plan = SearchPlan(
             num_trials=resolved.num_trials,
             full_eval_steps=s.full_eval_steps,
-            baseline=baseline_params(candidates, None),
+            baseline=baseline_params(predictors),
             max_calls=s.budget.max_calls,
             max_tokens=s.budget.max_tokens,
             max_cost_usd=s.budget.max_cost_usd,
@@ -256,15 +256,13 @@ class MIPRO:
         )
         state = SearchState(
             plan,
-            records=records,
-            usage_before=usage_before,
+            records=run_dir.read_trials(),
+            usage_before=Usage(),
             on_record=lambda r: self._on_record(run_dir, state, r),
             cancel=self.cancel,
         )
-        self._set_phase("searching", state)
         spec = TrialSpec(
             program=program,
-            candidates=candidates,
             valset=val,
             metric=self.metric,
             lm=self.student,
@@ -276,16 +274,31 @@ class MIPRO:
             max_error_fraction=s.max_error_fraction,
             seed=s.seed,
         )
+        search = SearchRun(
+            spec,
+            state,
+            storage=self._storage(run_dir),
+            study_name=_study_name(run_dir),
+            temperature_range=s.temperature_range,
+            max_concurrent_trials=s.max_concurrent_trials,
+            tune_dir=_tune_dir(run_dir),
+        )
+        # The search starts now: its trial actors start and the baseline (which needs no
+        # candidates) is scored while demos are bootstrapped and instructions proposed.
         if not self.cancel.is_set():
-            run_search(
-                spec,
-                state,
-                storage=self._storage(run_dir),
-                study_name=_study_name(run_dir),
-                temperature_range=s.temperature_range,
-                max_concurrent_trials=s.max_concurrent_trials,
-                tune_dir=_tune_dir(run_dir),
-            )
+            search.start()
+        try:
+            for config in lm_configs:
+                get_limiter_actor(config)  # compares the limits of an existing limiter
+            candidates, prep_usage, failures = self._candidates(program, train, resolved, run_dir)
+            usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get("propose", Usage())
+            self._set_phase("searching", state)
+            search.provide(candidates, usage_before=usage_before)
+        except BaseException as exc:
+            search.abort(f"stopped: the optimizer failed before the search ({exc!r})")
+            search.join()
+            raise
+        search.join()
         return self._finish(program, candidates, state, run_dir, prep_usage, projection, failures)
 
     # -- phases -----------------------------------------------------------------------------
@@ -378,6 +391,7 @@ class MIPRO:
         return LM(
             config,
             limiter=RayLimiter(limiter_name(config), ttl_s=config.timeout_s + _LEASE_MARGIN_S),
+            observer=telemetry.record_lm_call,
         )
 
     def _finish(
@@ -441,6 +455,10 @@ class MIPRO:
             "result.json",
             result.model_dump(mode="json", exclude={"program", "trials"}),
         )
+        try:
+            write_report(run_dir, result)
+        except (MiproError, OSError, ValueError) as exc:  # a plot must not cost the results
+            logger.warning("could not write the run report: %s", exc, exc_info=exc)
         self._set_phase("cancelled" if cancelled else "finished", state)
         return result
 
@@ -480,7 +498,9 @@ class MIPRO:
 
     def _ensure_ray(self) -> None:
         if not ray.is_initialized():
-            ray.init(address=self.ray_address, log_to_driver=False)
+            # No dashboard: its processes cost seconds of start-up CPU, and the run reports
+            # its own progress. (Ignored when connecting to an existing cluster.)
+            ray.init(address=self.ray_address, log_to_driver=False, include_dashboard=False)
 
     def _storage(self, run_dir: RunDir) -> optuna.storages.BaseStorage:
         url = self.storage_url if self.storage_url is not None else run_dir.sqlite_url()
@@ -496,6 +516,9 @@ class MIPRO:
 
     def _on_record(self, run_dir: RunDir, state: SearchState, record: TrialRecord) -> None:
         run_dir.write_trials(state.records)
+        progress, run = self._progress(state), run_dir.location.rstrip("/").rsplit("/", 1)[-1]
+        telemetry.best_score(run, "full", progress.best_full_score)
+        telemetry.best_score(run, "minibatch", progress.best_minibatch_score)
         verb = "failed" if record.state == "failed" else f"scored {record.score:.3f}"
         self._emit("trial", f"trial {record.number} ({record.kind}) {verb}", state, record)
 
@@ -512,9 +535,10 @@ class MIPRO:
     ) -> None:
         if self.on_event is None:
             return
-        self.on_event(
-            RunEvent(kind=kind, message=message, progress=self._progress(state), trial=trial)
-        )
+        with self._emit_lock:
+            self.on_event(
+                RunEvent(kind=kind, message=message, progress=self._progress(state), trial=trial)
+            )
 
     def _progress(self, state: SearchState | None) -> Progress:
         elapsed = time.perf_counter() - self._start

@@ -16,13 +16,16 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.actor import ActorHandle
 
+from mipro_ray import telemetry
 from mipro_ray.limiter import LimiterStats, LocalLimiter
-from mipro_ray.lm import LMConfig
+
+if TYPE_CHECKING:  # the actor's process needs no LM client (and its imports)
+    from mipro_ray.lm import LMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class LimiterActor:
         self._pending: dict[str, asyncio.Task[None]] = {}
         self._leases: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._name = str(ray.get_runtime_context().get_actor_name())
 
     def limits(self) -> tuple[int, int | None, int | None]:
         """Returns (max_in_flight, rpm, tpm)."""
@@ -61,6 +65,7 @@ class LimiterActor:
             return False
         finally:
             self._pending.pop(lease, None)
+            self._report()
         self._leases[lease] = time.monotonic() + ttl_s
         return True
 
@@ -72,6 +77,11 @@ class LimiterActor:
             return
         if self._leases.pop(lease, None) is not None:
             await self._limiter.release(tokens)
+            self._report()
+
+    def _report(self) -> None:
+        stats = self._limiter.stats()
+        telemetry.limiter_state(self._name, waiting=stats.waiting, in_flight=stats.in_flight)
 
     def stats(self) -> LimiterStats:
         """Counters of the limiter (in flight, peak, waiting, admitted)."""
@@ -91,12 +101,19 @@ _RemoteLimiter = ray.remote(LimiterActor)
 
 
 def get_limiter_actor(
-    config: LMConfig, *, max_in_flight: int | None = None
+    config: LMConfig, *, max_in_flight: int | None = None, wait: bool = True
 ) -> ActorHandle[LimiterActor]:
     """Gets or creates the endpoint's limiter actor (detached, in the ``mipro_ray`` namespace).
 
     The first creator fixes the limits; a later caller asking for other limits gets the
     existing actor and a warning.
+
+    Args:
+        config: The endpoint.
+        max_in_flight: The in-flight cap (default: ``config.max_concurrency``).
+        wait: Wait until the actor runs and compare its limits. With False the call returns
+            at once (creating the actor's process takes seconds; calls to it queue until it
+            runs), and no limits are compared: call again with True to do that.
     """
     cap = max_in_flight if max_in_flight is not None else config.max_concurrency
     handle: Any = _RemoteLimiter.options(
@@ -107,6 +124,8 @@ def get_limiter_actor(
         lifetime="detached",
         get_if_exists=True,
     ).remote(cap, config.rpm, config.tpm)
+    if not wait:
+        return handle  # type: ignore[no-any-return]
     existing: tuple[int, int | None, int | None] = ray.get(handle.limits.remote())
     if tuple(existing) != (cap, config.rpm, config.tpm):
         logger.warning(

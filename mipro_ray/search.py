@@ -11,6 +11,11 @@ kinds of trials in one Tune run, so the pipe to the LLM stays full throughout:
   configuration with the best mean minibatch score that has no full score yet is scored on the
   whole validation set. Only full scores pick the returned program.
 
+`SearchRun` starts the Tune run in a background thread *before* the candidates exist: the
+baseline needs none, so it runs (and the trial actors start, which costs seconds of process
+start-up and imports) while the optimizer still bootstraps demos and proposes instructions.
+Minibatch trials begin once `SearchRun.provide` hands over the candidates.
+
 A trial whose evaluation exceeds its error budget is reported as failed with its reason and told
 to Optuna as FAIL, never as a score. Records of every finished trial go to a callback as they
 arrive (the optimizer persists them), and a restarted run passes its earlier records back in:
@@ -19,14 +24,12 @@ finished trials are not rerun.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import optuna
@@ -35,13 +38,36 @@ from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mipro_ray.errors import EvaluationError
-from mipro_ray.evaluate import evaluate
-from mipro_ray.lm import LM, LMConfig, Usage
-from mipro_ray.metrics import Metric
-from mipro_ray.program import ModelSettings, Program
-from mipro_ray.ray_limiter import RayLimiter
+from mipro_ray.lm import Usage
+from mipro_ray.program import Program
 from mipro_ray.signature import Example
+from mipro_ray.trial import (
+    PredictorChoice,
+    TrialOutcome,
+    TrialSpec,
+    apply_choices,
+    minibatch_indices,
+    run_trial,
+)
+
+__all__ = [
+    "Candidates",
+    "MiproSearcher",
+    "SearchPlan",
+    "SearchRun",
+    "SearchState",
+    "TrialOutcome",
+    "TrialRecord",
+    "TrialSpec",
+    "apply_params",
+    "baseline_choices",
+    "baseline_params",
+    "choices_for",
+    "minibatch_indices",
+    "param_key",
+    "run_search",
+    "search_space",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +75,7 @@ TrialKind = Literal["baseline", "minibatch", "full"]
 Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
-_LEASE_MARGIN_S = 5.0
+_JOIN_POLL_S = 0.5
 
 
 class Candidates(BaseModel):
@@ -88,15 +114,27 @@ def param_key(params: Params) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((k, float(v)) for k, v in params.items()))
 
 
-def baseline_params(candidates: Candidates, temperature: float | None) -> Params:
-    """The unoptimized program: original instruction, demo set 0 (its own demos)."""
+def baseline_params(
+    predictors: Candidates | Iterable[str], temperature: float | None = None
+) -> Params:
+    """The unoptimized program: original instruction, demo set 0 (zero-shot), per predictor."""
+    names = predictors.instructions if isinstance(predictors, Candidates) else predictors
     params: Params = {}
-    for name in candidates.instructions:
+    for name in names:
         params[f"{name}__instruction"] = 0
         params[f"{name}__demos"] = 0
         if temperature is not None:
             params[f"{name}__temperature"] = temperature
     return params
+
+
+def baseline_choices(program: Program) -> dict[str, PredictorChoice]:
+    """What `baseline_params` selects, without the candidates: each predictor's own
+    instruction (candidate 0 is always the original) and no demos (demo set 0 is zero-shot)."""
+    return {
+        name: PredictorChoice(instruction=p.instruction, demos=[])
+        for name, p in program.named_predictors().items()
+    }
 
 
 def search_space(
@@ -118,116 +156,22 @@ def search_space(
     return space
 
 
+def choices_for(candidates: Candidates, params: Params) -> dict[str, PredictorChoice]:
+    """The instruction, demos and temperature that ``params`` select, per predictor."""
+    choices: dict[str, PredictorChoice] = {}
+    for name, instructions in candidates.instructions.items():
+        temperature = params.get(f"{name}__temperature")
+        choices[name] = PredictorChoice(
+            instruction=instructions[int(params[f"{name}__instruction"])],
+            demos=[dict(d) for d in candidates.demo_sets[name][int(params[f"{name}__demos"])]],
+            temperature=None if temperature is None else float(temperature),
+        )
+    return choices
+
+
 def apply_params(program: Program, candidates: Candidates, params: Params) -> Program:
     """Returns a copy of ``program`` with the chosen instruction, demos and temperature."""
-    candidate = program.copy()
-    for name, predictor in candidate.named_predictors().items():
-        predictor.instruction = candidates.instructions[name][int(params[f"{name}__instruction"])]
-        predictor.demos = [
-            dict(d) for d in candidates.demo_sets[name][int(params[f"{name}__demos"])]
-        ]
-        temperature = params.get(f"{name}__temperature")
-        if temperature is not None:
-            predictor.settings = ModelSettings(
-                temperature=float(temperature),
-                top_p=predictor.settings.top_p,
-                max_tokens=predictor.settings.max_tokens,
-            )
-    return candidate
-
-
-class TrialSpec(BaseModel):
-    """Everything a trial actor needs (shipped once through the object store)."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
-
-    program: Program
-    candidates: Candidates
-    valset: list[Example]
-    metric: Metric
-    lm: LMConfig
-    limiter_name: str
-    minibatch_size: int
-    concurrency: int
-    max_error_fraction: float
-    seed: int
-
-
-class TrialOutcome(BaseModel):
-    """What a trial reports to Tune."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    score: float
-    failed: bool
-    error: str | None
-    n_examples: int
-    calls: int
-    cache_hits: int
-    http_requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    duration_s: float
-
-
-def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
-    """The validation indices a minibatch trial scores (seeded by run seed and trial number)."""
-    rng = random.Random(seed * 1_000_003 + number)
-    return sorted(rng.sample(range(n_val), min(size, n_val)))
-
-
-def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
-    """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`."""
-    outcome = asyncio.run(_evaluate_config(config, spec))
-    tune.report(outcome.model_dump())
-
-
-async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
-    start = time.perf_counter()
-    params = _params_of(config)
-    if config["kind"] == "minibatch":
-        number = config["number"]
-        assert isinstance(number, int)
-        indices = minibatch_indices(
-            len(spec.valset), spec.minibatch_size, seed=spec.seed, number=number
-        )
-        examples = [spec.valset[i] for i in indices]
-    else:
-        examples = spec.valset
-    program = apply_params(spec.program, spec.candidates, params)
-    lm = LM(
-        spec.lm, limiter=RayLimiter(spec.limiter_name, ttl_s=spec.lm.timeout_s + _LEASE_MARGIN_S)
-    )
-    score, failed, error = 0.0, False, None
-    try:
-        result = await evaluate(
-            program,
-            examples,
-            metric=spec.metric,
-            lm=lm,
-            concurrency=min(spec.concurrency, max(len(examples), 1)),
-            max_error_fraction=spec.max_error_fraction,
-        )
-        score = result.score
-    except EvaluationError as exc:
-        failed, error = True, str(exc)
-    finally:
-        usage = lm.usage
-        await lm.aclose()
-    return TrialOutcome(
-        score=score,
-        failed=failed,
-        error=error,
-        n_examples=len(examples),
-        calls=usage.calls,
-        cache_hits=usage.cache_hits,
-        http_requests=usage.http_requests,
-        prompt_tokens=usage.prompt_tokens,
-        completion_tokens=usage.completion_tokens,
-        cost_usd=usage.cost_usd,
-        duration_s=time.perf_counter() - start,
-    )
+    return apply_choices(program, choices_for(candidates, params))
 
 
 def _params_of(config: dict[str, object]) -> Params:
@@ -356,6 +300,10 @@ class SearchState:
         ):
             self._stop(f"no improvement in {plan.patience} trials (patience)", hard=False)
 
+    def abort(self, reason: str) -> None:
+        """Stops the search at once (running trials too), e.g. when the optimizer failed."""
+        self._stop(reason, hard=True)
+
     def _stop(self, reason: str, *, hard: bool) -> None:
         if self.stop_reason is None:
             logger.info("stopping the search: %s", reason)
@@ -364,17 +312,35 @@ class SearchState:
 
 
 class MiproSearcher(Searcher):
-    """A Tune `Searcher` that asks `OptunaSearch` for minibatch trials and adds full evaluations."""
+    """A Tune `Searcher` that asks `OptunaSearch` for minibatch trials and adds full evaluations.
 
-    def __init__(self, *, inner: OptunaSearch, state: SearchState) -> None:
-        """Args: inner: the TPE searcher (metric ``score``, mode ``max``); state: bookkeeping."""
+    It starts without candidates: until `provide` is called it suggests only the baseline
+    (whose configuration is known up front) and then waits. `provide` is called from another
+    thread than Tune's, hence the lock.
+    """
+
+    def __init__(self, *, state: SearchState, baseline: dict[str, PredictorChoice]) -> None:
+        """Args: state: bookkeeping; baseline: the unoptimized program's configuration."""
         super().__init__(metric="score", mode="max")
-        self._inner = inner
         self._state = state
+        self._baseline = {k: v.model_dump(mode="json") for k, v in baseline.items()}
+        self._lock = threading.Lock()
+        self._inner: OptunaSearch | None = None
+        self._candidates: Candidates | None = None
+        self._space_keys: set[str] = set()
+        self._baseline_score: float | None = None
         self._live: dict[str, dict[str, object]] = {}
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
-        self._space_keys = set(inner._space) if isinstance(inner._space, dict) else set()
+
+    def provide(self, candidates: Candidates, inner: OptunaSearch) -> None:
+        """Hands over the candidates and the TPE searcher: minibatch trials may begin."""
+        with self._lock:
+            self._candidates = candidates
+            self._inner = inner
+            self._space_keys = set(inner._space) if isinstance(inner._space, dict) else set()
+            if self._baseline_score is not None:
+                self._add_baseline_point(self._baseline_score)
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, object], **spec: object
@@ -384,41 +350,53 @@ class MiproSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, object] | None:
         """Returns the next trial's config, None to wait, or FINISHED."""
-        state = self._state
-        if state.cancel.is_set():
-            state._stop("cancelled", hard=True)
-        if state.hard_stop:
-            return Searcher.FINISHED  # type: ignore[return-value]
-        config = self._next(trial_id)
-        if config is None:
-            return None if self._live else Searcher.FINISHED  # type: ignore[return-value]
-        if isinstance(config, str):  # "wait": ask again when a trial finishes
-            return None
-        config["number"] = self._next_number
-        self._next_number += 1
-        self._live[trial_id] = config
-        return config
+        with self._lock:
+            state = self._state
+            if state.cancel.is_set():
+                state._stop("cancelled", hard=True)
+            if state.hard_stop:
+                return Searcher.FINISHED  # type: ignore[return-value]
+            config = self._next(trial_id)
+            if config is None:
+                return None if self._live else Searcher.FINISHED  # type: ignore[return-value]
+            if isinstance(config, str):  # "wait": ask again when a trial finishes
+                return None
+            config["number"] = self._next_number
+            self._next_number += 1
+            self._live[trial_id] = config
+            return config
+
+    def _config(self, kind: TrialKind, params: Params) -> dict[str, object]:
+        if kind == "baseline":
+            program: dict[str, object] = dict(self._baseline)
+        else:
+            assert self._candidates is not None
+            choices = choices_for(self._candidates, params)
+            program = {k: v.model_dump(mode="json") for k, v in choices.items()}
+        return {"kind": kind, "params": dict(params), "program": program}
 
     def _next(self, trial_id: str) -> dict[str, object] | str | None:
         state = self._state
         if not state.baseline_done() and not any(
             c["kind"] == "baseline" for c in self._live.values()
         ):
-            return {"kind": "baseline", "params": dict(state.plan.baseline)}
+            return self._config("baseline", state.plan.baseline)
+        if self._inner is None:
+            return "wait"  # the candidates are still being prepared
         if state.pending_full:
-            return {"kind": "full", "params": state.pending_full.popleft()}
+            return self._config("full", state.pending_full.popleft())
         if state.stop_reason is None and self._asked_minibatch < state.plan.num_trials:
             suggested = self._inner.suggest(trial_id)
             if not isinstance(suggested, dict):
                 return "wait"
             self._asked_minibatch += 1
-            return {"kind": "minibatch", "params": dict(suggested)}
+            return self._config("minibatch", {str(k): v for k, v in suggested.items()})
         if self._live:
             return "wait"
         if not state.final_full_done:
             state.final_full_done = True
             if state.schedule_full_eval():
-                return {"kind": "full", "params": state.pending_full.popleft()}
+                return self._config("full", state.pending_full.popleft())
         if state.stop_reason is None:
             state.stop_reason = f"completed {state.plan.num_trials} trials"
         return None
@@ -427,36 +405,39 @@ class MiproSearcher(Searcher):
         self, trial_id: str, result: dict[str, object] | None = None, error: bool = False
     ) -> None:
         """Records the trial and tells Optuna (FAIL for failed trials)."""
-        config = self._live.pop(trial_id, None)
-        if config is None:
-            return
-        kind = config["kind"]
-        assert kind in ("baseline", "minibatch", "full")
-        params = _params_of(config)
-        failed = error or result is None or bool(result.get("failed"))
-        reason: str | None = None
-        if failed:
-            reason = (
-                str(result.get("error"))
-                if result is not None and result.get("error")
-                else "the trial actor crashed (after Tune's retries); see the Tune logs"
-            )
-        if kind == "minibatch":
-            self._inner.on_trial_complete(trial_id, None if failed else result, error=failed)
-        elif (
-            kind == "baseline"
-            and not failed
-            and result is not None
-            and set(params) == self._space_keys
-        ):
-            self._inner.add_evaluated_point(params, _float(result["score"]))
-        number = config["number"]
-        assert isinstance(number, int)
-        self._state.add(_record(number, kind, params, result, failed, reason))
+        with self._lock:
+            config = self._live.pop(trial_id, None)
+            if config is None:
+                return
+            kind = config["kind"]
+            assert kind in ("baseline", "minibatch", "full")
+            number = config["number"]
+            assert isinstance(number, int)
+            params = _params_of(config)
+            failed = error or result is None or bool(result.get("failed"))
+            reason: str | None = None
+            if failed:
+                reason = (
+                    str(result.get("error"))
+                    if result is not None and result.get("error")
+                    else "the trial actor crashed (after Tune's retries); see the Tune logs"
+                )
+            if kind == "minibatch" and self._inner is not None:
+                self._inner.on_trial_complete(trial_id, None if failed else result, error=failed)
+            elif kind == "baseline" and not failed and result is not None:
+                self._baseline_score = _float(result["score"])
+                if self._inner is not None:
+                    self._add_baseline_point(self._baseline_score)
+            self._state.add(_record(number, kind, params, result, failed, reason))
+
+    def _add_baseline_point(self, score: float) -> None:
+        assert self._inner is not None
+        if set(self._state.plan.baseline) == self._space_keys:
+            self._inner.add_evaluated_point(dict(self._state.plan.baseline), score)
 
     def __getstate__(self) -> dict[str, object]:
         # Tune pickles its config for Tuner.restore. We resume from the run directory's
-        # records instead, so the live bookkeeping (events, callbacks) is not pickled.
+        # records instead, so the live bookkeeping (events, callbacks, locks) is not pickled.
         return {"_metric": self._metric, "_mode": self._mode}
 
     def save(self, checkpoint_path: str) -> None:
@@ -531,9 +512,110 @@ def mark_abandoned_trials_failed(storage: optuna.storages.BaseStorage, study_nam
     return len(running)
 
 
+class SearchRun:
+    """One Tune search, run in a background thread so it can start before the candidates exist.
+
+    Usage: `start` (the baseline trial and its actor start), `provide` the candidates (minibatch
+    trials begin), `join` (waits, re-raises what the search raised). `abort` stops it early.
+    """
+
+    def __init__(
+        self,
+        spec: TrialSpec,
+        state: SearchState,
+        *,
+        storage: optuna.storages.BaseStorage,
+        study_name: str,
+        temperature_range: tuple[float, float] | None,
+        max_concurrent_trials: int,
+        tune_dir: str,
+    ) -> None:
+        """Args: see `run_search`."""
+        self._spec = spec
+        self._state = state
+        self._storage = storage
+        self._study_name = study_name
+        self._temperature_range = temperature_range
+        self._max_concurrent_trials = max_concurrent_trials
+        self._tune_dir = tune_dir
+        self._searcher = MiproSearcher(state=state, baseline=baseline_choices(spec.program))
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        """Starts the Tune run in a daemon thread."""
+        self._thread = threading.Thread(target=self._run, name="mipro-search", daemon=True)
+        self._thread.start()
+
+    def provide(self, candidates: Candidates, *, usage_before: Usage) -> None:
+        """Hands over the candidates (and the usage of the phases that made them)."""
+        abandoned = mark_abandoned_trials_failed(self._storage, self._study_name)
+        if abandoned:
+            logger.info("marked %d trial(s) of an interrupted run as failed", abandoned)
+        sampler = optuna.samplers.TPESampler(
+            seed=self._spec.seed, multivariate=True, constant_liar=True
+        )
+        inner = OptunaSearch(
+            space=search_space(candidates, self._temperature_range),
+            metric="score",
+            mode="max",
+            sampler=sampler,
+            study_name=self._study_name,
+            storage=self._storage,
+        )
+        self._state.usage_before = usage_before
+        self._searcher.provide(candidates, inner)
+
+    def abort(self, reason: str) -> None:
+        """Stops the search and its running trials."""
+        self._state.abort(reason)
+
+    def join(self) -> None:
+        """Waits for the search to end; re-raises an exception of the Tune run."""
+        thread = self._thread
+        if thread is not None:
+            # join with a timeout so a KeyboardInterrupt reaches the caller promptly
+            while thread.is_alive():
+                thread.join(_JOIN_POLL_S)
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        try:
+            self._fit()
+        except BaseException as exc:  # handed to join(), which re-raises it in the caller
+            self._error = exc
+
+    def _fit(self) -> None:
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, spec=self._spec), {"cpu": _TRIAL_CPUS}
+        )
+        plan = self._state.plan
+        max_samples = 2 * plan.num_trials + plan.num_trials // plan.full_eval_steps + 4
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=self._searcher,
+                num_samples=max_samples,
+                max_concurrent_trials=self._max_concurrent_trials,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=self._study_name,
+                storage_path=self._tune_dir,
+                stop=_StopAll(self._state),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=1),
+                log_to_file=True,
+            ),
+        )
+        tuner.fit()
+
+
 def run_search(
     spec: TrialSpec,
     state: SearchState,
+    candidates: Candidates,
     *,
     storage: optuna.storages.BaseStorage,
     study_name: str,
@@ -541,40 +623,32 @@ def run_search(
     max_concurrent_trials: int,
     tune_dir: str,
 ) -> None:
-    """Runs the Tune search until the plan, a budget or a cancellation ends it."""
-    abandoned = mark_abandoned_trials_failed(storage, study_name)
-    if abandoned:
-        logger.info("marked %d trial(s) of an interrupted run as failed", abandoned)
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, constant_liar=True)
-    inner = OptunaSearch(
-        space=search_space(spec.candidates, temperature_range),
-        metric="score",
-        mode="max",
-        sampler=sampler,
-        study_name=study_name,
+    """Runs the Tune search until the plan, a budget or a cancellation ends it.
+
+    Args:
+        spec: What the trial actors need.
+        state: Bookkeeping (earlier records on resume).
+        candidates: The instruction candidates and demo sets.
+        storage: The Optuna study storage.
+        study_name: The study (one per run directory).
+        temperature_range: Also search temperatures in this range.
+        max_concurrent_trials: Trial actors running at once.
+        tune_dir: Where Tune keeps its experiment files.
+    """
+    search = SearchRun(
+        spec,
+        state,
         storage=storage,
+        study_name=study_name,
+        temperature_range=temperature_range,
+        max_concurrent_trials=max_concurrent_trials,
+        tune_dir=tune_dir,
     )
-    searcher = MiproSearcher(inner=inner, state=state)
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec=spec), {"cpu": _TRIAL_CPUS}
-    )
-    plan = state.plan
-    max_samples = 2 * plan.num_trials + plan.num_trials // plan.full_eval_steps + 4
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            num_samples=max_samples,
-            max_concurrent_trials=max_concurrent_trials,
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=study_name,
-            storage_path=tune_dir,
-            stop=_StopAll(state),
-            verbose=0,
-            failure_config=tune.FailureConfig(max_failures=1),
-            log_to_file=True,
-        ),
-    )
-    tuner.fit()
+    search.start()
+    try:
+        search.provide(candidates, usage_before=state.usage_before)
+    except BaseException:
+        search.abort("the search could not start")
+        search.join()
+        raise
+    search.join()

@@ -28,7 +28,8 @@ class OptimizerIngress:
         self._service = StudyService(settings)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._service, self._settings)
+        replica = serve.get_replica_context().replica_id.unique_id
+        return create_app(self._service, self._settings, replica=replica)
 
 
 def build_app(settings: Settings | None = None, *, replica_num_cpus: float = 0.0) -> Application:

@@ -11,7 +11,13 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Path, Query, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve_app.errors import PayloadTooLargeError, error_response, install_error_handlers
+from serve_app.errors import (
+    PayloadTooLargeError,
+    UnauthorizedError,
+    error_response,
+    install_error_handlers,
+)
+from serve_app.mipro_jobs import mipro_jobs_router
 from serve_app.models import (
     EvaluationRequest,
     EvaluationResponse,
@@ -39,12 +45,13 @@ def _service(request: Request) -> StudyService:
 Service = Annotated[StudyService, Depends(_service)]
 
 
-def create_app(service: StudyService, settings: Settings) -> FastAPI:
+def create_app(service: StudyService, settings: Settings, *, replica: str = "local") -> FastAPI:
     """Builds the ASGI app of one replica.
 
     Args:
         service: The replica's study service.
         settings: Auth token and body limit.
+        replica: This replica's id, sent back in the ``X-Mipro-Replica`` header.
     """
 
     @asynccontextmanager
@@ -62,10 +69,12 @@ def create_app(service: StudyService, settings: Settings) -> FastAPI:
     )
     app.state.service = service
     install_error_handlers(app)
+    app.include_router(mipro_jobs_router(settings))
     app.add_middleware(
         _GuardMiddleware,
         token=None if settings.auth_token is None else settings.auth_token.get_secret_value(),
         max_body_bytes=settings.max_body_bytes,
+        replica=replica,
     )
 
     @app.get("/health", response_model=Health)
@@ -130,7 +139,10 @@ def create_app(service: StudyService, settings: Settings) -> FastAPI:
 class _GuardMiddleware:
     """Bearer-token check (all paths but ``/health``) and request body limit, as pure ASGI."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, token: str | None, max_body_bytes: int, replica: str
+    ) -> None:
+        self._replica = replica.encode()
         self._app = app
         self._token = None if token is None else f"Bearer {token}".encode()
         self._max = max_body_bytes
@@ -139,6 +151,7 @@ class _GuardMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        send = _TagReplica(send, self._replica)
         path: str = scope["path"]
         root: str = scope.get("root_path", "")
         if root and path.startswith(root):
@@ -148,34 +161,59 @@ class _GuardMiddleware:
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self._token):
                 detail = "missing or invalid bearer token (Authorization: Bearer <token>)"
-                await error_response(401, detail)(scope, receive, send)
+                await error_response(UnauthorizedError.status_code, detail)(scope, receive, send)
                 return
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self._max:
-            await self._too_large(scope, receive, send)
+        if length is not None:
+            if length.isdigit() and int(length) > self._max:
+                await self._too_large(scope, receive, send)
+                return
+            await self._app(scope, receive, send)
             return
-        await self._app(scope, self._limited(receive), send)
+        # No Content-Length (chunked): read the body here, up to the limit, then replay it.
+        body = bytearray()
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self._app(scope, _Replay(bytes(body), message, receive), send)
+                return
+            body += message.get("body", b"")
+            more = bool(message.get("more_body", False))
+            if len(body) > self._max:
+                await self._too_large(scope, receive, send)
+                return
+        await self._app(scope, _Replay(bytes(body), None, receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"request body larger than {self._max} bytes"
-        await error_response(413, detail)(scope, receive, send)
-
-    def _limited(self, receive: Receive) -> Receive:
-        return _LimitedReceive(receive, self._max)
+        await error_response(PayloadTooLargeError.status_code, detail)(scope, receive, send)
 
 
-class _LimitedReceive:
-    """Counts body bytes as they arrive (chunked bodies have no Content-Length)."""
+class _TagReplica:
+    """Adds ``X-Mipro-Replica`` to every answer, so operators (and tests) see who answered."""
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, send: Send, replica: bytes) -> None:
+        self._send = send
+        self._replica = replica
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [*message.get("headers", []), (b"x-mipro-replica", self._replica)]
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+
+class _Replay:
+    """A ``receive`` that first returns an already read body, then defers to the real one."""
+
+    def __init__(self, body: bytes, pending: Message | None, receive: Receive) -> None:
+        self._first: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+        if pending is not None:
+            self._first.append(pending)
         self._receive = receive
-        self._limit = limit
-        self._seen = 0
 
     async def __call__(self) -> Message:
-        message = await self._receive()
-        if message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self._limit:
-                raise PayloadTooLargeError(f"request body larger than {self._limit} bytes")
-        return message
+        if self._first:
+            return self._first.pop(0)
+        return await self._receive()

@@ -36,10 +36,17 @@ class Settings(BaseSettings):
         study_hosts: Number of study host actors; studies are sharded over them by name.
             Changing it starts a new set of hosts (stop the old deployment first).
         study_host_threads: Calls one host runs at once (on different studies).
+        host_restart_wait_seconds: How long a request waits for a crashed study host to come
+            back before answering 503.
         study_idle_seconds: A study with no call for this long is dropped from its host's
             memory (the database has it; the next call reloads it).
         sqlite_synchronous: SQLite ``PRAGMA synchronous`` (``NORMAL`` in WAL mode survives a
             killed process; ``FULL`` also survives power loss).
+        jobs_dir: Where MIPRO jobs (``POST /mipro/jobs``) write their run directories: a path
+            every node sees (shared filesystem) or a pyarrow URI; default ``<data_dir>/runs``.
+        allow_custom_code: Let job specs name user code (``class_path`` programs,
+            ``module:function`` metrics); off by default because it runs arbitrary code.
+        job_num_cpus: CPUs reserved by each job's driver actor (its trials reserve their own).
     """
 
     model_config = SettingsConfigDict(env_prefix="MIPRO_RAY_", extra="ignore", frozen=True)
@@ -56,8 +63,12 @@ class Settings(BaseSettings):
     actor_namespace: str = "mipro_ray_serve"
     study_hosts: int = Field(default=2, ge=1, le=256)
     study_host_threads: int = Field(default=8, ge=1)
+    host_restart_wait_seconds: float = Field(default=20.0, ge=0)
     study_idle_seconds: float = Field(default=3600.0, gt=0)
     sqlite_synchronous: str = Field(default="NORMAL", pattern="^(OFF|NORMAL|FULL|EXTRA)$")
+    jobs_dir: str | None = None
+    allow_custom_code: bool = False
+    job_num_cpus: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _check_autoscaling(self) -> Settings:
@@ -77,6 +88,13 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'mipro_ray.db').resolve()}"
+
+    @property
+    def resolved_jobs_dir(self) -> str:
+        """Where job run directories go (``jobs_dir``, default ``<data_dir>/runs``, absolute)."""
+        if self.jobs_dir is not None:
+            return self.jobs_dir
+        return str((self.data_dir / "runs").resolve())
 
     @property
     def is_sqlite(self) -> bool:

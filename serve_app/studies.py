@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -196,7 +197,9 @@ class StudyService:
         return await self._host_call(index, "call", study_name, method, *args)
 
     async def _host_call(self, index: int, method: str, *args: Any) -> Any:
-        for attempt in range(2):
+        # A crashed host is restarted by Ray (a new process, several seconds); wait for it.
+        deadline = time.monotonic() + self._settings.host_restart_wait_seconds
+        while True:
             handle = await self._host(index)
             try:
                 return await getattr(handle, method).remote(*args)
@@ -207,12 +210,12 @@ class StudyService:
                 raise
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
                 self._hosts.pop(index, None)
-                logger.warning("study host %d unavailable (%s); retrying", index, exc)
-                if attempt == 1:
+                if time.monotonic() > deadline:
                     raise ServiceUnavailableError(
                         f"study host {index} is unavailable; retry shortly"
                     ) from exc
-        raise AssertionError("unreachable")
+                logger.warning("study host %d unavailable (%s); retrying", index, exc)
+                await asyncio.sleep(0.25)
 
 
 def _create_study(db: Database, request: OptimizationRequest, job: JobRecord) -> None:

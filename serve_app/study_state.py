@@ -339,10 +339,10 @@ class StudyState:
             ends: list[TrialEnd] = []
             for number in stale:
                 trial = loaded.running.pop(number)
-                frozen = loaded.study.tell(trial, state=TrialState.FAIL)
                 loaded.study._storage.set_trial_system_attr(
-                    frozen._trial_id, FAIL_REASON_KEY, reason
+                    trial._trial_id, FAIL_REASON_KEY, reason
                 )
+                loaded.study.tell(trial, state=TrialState.FAIL)
                 ends.append(
                     TrialEnd(loaded.db_trial_ids[number], TrialState.FAIL, None, {}, reason)
                 )

@@ -11,13 +11,18 @@ import httpx
 import openai
 import pytest
 
+from mipro_ray.bbc import BBC_LABELS, BBC_SIGNATURE
 from mipro_ray.errors import ConfigError, LMServerError
+from mipro_ray.lm import LM, LMRequest
 from mipro_ray.local_model import (
     LocalModelServer,
     LocalModelSettings,
+    local_lm_config,
     require_local_extra,
     translate_response_format,
 )
+from mipro_ray.prompt import parse_answer, render_messages, response_schema
+from mipro_ray.signature import Signature
 
 LABELS = ["business", "entertainment", "politics", "sport", "tech"]
 TOPIC_SCHEMA = {
@@ -66,6 +71,38 @@ def test_json_schema_response_is_a_valid_label(
     assert completion.usage is not None
     assert completion.usage.prompt_tokens > 10
     assert 0 < completion.usage.completion_tokens <= 20
+
+
+@pytest.mark.local_model
+async def test_our_lm_client_gets_a_parsable_structured_answer(
+    server: LocalModelServer, tmp_path: Path
+) -> None:
+    signature = Signature.parse(BBC_SIGNATURE)
+    demos = [
+        {"headline": "Shares in BP rise after record oil profits", "topic": "business"},
+        {"headline": "Arsenal sign Spanish striker on loan", "topic": "sports"},
+    ]
+    messages = render_messages(
+        signature,
+        instruction="",
+        demos=demos,
+        inputs={"headline": "Labour unveils election manifesto"},
+        structured=True,
+    )
+    config = local_lm_config(server.base_url).model_copy(update={"cache_dir": str(tmp_path)})
+    lm = LM(config)
+    try:
+        request = LMRequest(
+            messages=tuple(messages),
+            temperature=0.0,
+            max_tokens=30,
+            response_format=response_schema(signature),
+        )
+        response = await lm.complete(request)
+    finally:
+        await lm.aclose()
+    assert parse_answer(signature, response.text)["topic"] in BBC_LABELS
+    assert response.completion_tokens > 0
 
 
 @pytest.mark.local_model

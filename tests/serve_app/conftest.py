@@ -47,7 +47,11 @@ class ServeHarness:
         """Starts Serve on loopback."""
         from ray import serve
 
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        # HeadOnly: CI's two Ray nodes share this machine, so two proxies would fight for
+        # the port.
+        serve.start(
+            proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": self.port}
+        )
 
     def deploy(self, name: str, settings: Settings, *, replicas: int = 1) -> str:
         """Deploys app ``name`` and waits until it answers ``/health``."""

@@ -177,7 +177,7 @@ def test_chunked_body_over_the_limit_is_413(sqlite_app: str, client: httpx.Clien
     response = client.post(
         f"{sqlite_app}/optimize", content=chunks(), headers={"Content-Type": "application/json"}
     )
-    assert response.status_code == 413
+    assert response.status_code == 413, response.text
 
 
 def test_unknown_path_is_json_404(sqlite_app: str, client: httpx.Client) -> None:

@@ -63,7 +63,9 @@ def test_stale_trial_is_failed_and_cannot_be_evaluated(
     time.sleep(2.0)  # the guarded app's stale-trial timeout is 1.5 s
     fresh = client.post(f"{guarded_app}/studies/{name}/suggest", headers=AUTH).json()
 
-    trials = client.get(f"{guarded_app}/studies/{name}/results", headers=AUTH).json()["trials"]
+    results = client.get(f"{guarded_app}/studies/{name}/results", headers=AUTH)
+    assert results.status_code == 200, results.text
+    trials = results.json()["trials"]
     states = {t["number"]: t["state"] for t in trials}
     assert states == {abandoned["trial_number"]: "FAIL", fresh["trial_number"]: "RUNNING"}
 

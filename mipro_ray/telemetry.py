@@ -1,0 +1,153 @@
+"""Custom Ray metrics of mipro-ray, for the Ray dashboard's metrics view and Prometheus.
+
+Every process of the cluster records into `ray.util.metrics`; each node's metrics agent serves
+them on its Prometheus endpoint (``ray start --metrics-export-port``), where Ray prefixes the
+names with ``ray_``:
+
+| metric | type | tags | recorded by |
+|---|---|---|---|
+| ``mipro_llm_calls`` | counter | model, cached | every LM call (trial actors, job drivers) |
+| ``mipro_llm_errors`` | counter | model, kind | LM calls that finally failed |
+| ``mipro_llm_tokens`` | counter | model, type (prompt/completion) | network answers |
+| ``mipro_llm_latency_seconds`` | histogram | model | every answered call |
+| ``mipro_trials_started`` | counter | kind | trial actors |
+| ``mipro_trials_finished`` | counter | kind | trials that scored |
+| ``mipro_trials_failed`` | counter | kind | trials over their error budget |
+| ``mipro_best_score`` | gauge | run, kind (full/minibatch) | the run's driver |
+| ``mipro_limiter_waiting`` | gauge | limiter | the endpoint's limiter actor |
+| ``mipro_limiter_in_flight`` | gauge | limiter | the endpoint's limiter actor |
+
+Outside a Ray worker or driver (``ray.is_initialized()`` is false) recording is a no-op, so the
+LM core keeps working without a cluster. Ray pushes a process's metrics to its node every few
+seconds: values recorded by a process that exits right after may not reach Prometheus.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import ray
+from ray.util.metrics import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # the limiter actor records metrics without importing the LM client
+    from mipro_ray.lm import LMCall
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
+
+
+class _Metrics:
+    """The metric objects of one process (created on first use, after Ray is initialized)."""
+
+    def __init__(self) -> None:
+        self.llm_calls = Counter(
+            "mipro_llm_calls",
+            description="LLM calls answered (cache hits included; see the 'cached' tag)",
+            tag_keys=("model", "cached"),
+        )
+        self.llm_errors = Counter(
+            "mipro_llm_errors",
+            description="LLM calls that failed after retries, by error kind",
+            tag_keys=("model", "kind"),
+        )
+        self.llm_tokens = Counter(
+            "mipro_llm_tokens",
+            description="Tokens of network answers (prompt or completion)",
+            tag_keys=("model", "type"),
+        )
+        self.llm_latency = Histogram(
+            "mipro_llm_latency_seconds",
+            description="Wall time of an LLM call, retries included",
+            boundaries=_LATENCY_BOUNDARIES,
+            tag_keys=("model",),
+        )
+        self.trials_started = Counter(
+            "mipro_trials_started", description="Search trials started", tag_keys=("kind",)
+        )
+        self.trials_finished = Counter(
+            "mipro_trials_finished", description="Search trials that scored", tag_keys=("kind",)
+        )
+        self.trials_failed = Counter(
+            "mipro_trials_failed",
+            description="Search trials that exceeded their error budget",
+            tag_keys=("kind",),
+        )
+        self.best_score = Gauge(
+            "mipro_best_score",
+            description="Best score so far of a run (full validation or minibatch)",
+            tag_keys=("run", "kind"),
+        )
+        self.limiter_waiting = Gauge(
+            "mipro_limiter_waiting",
+            description="LLM requests queued in an endpoint's cluster-wide limiter",
+            tag_keys=("limiter",),
+        )
+        self.limiter_in_flight = Gauge(
+            "mipro_limiter_in_flight",
+            description="LLM requests admitted by an endpoint's limiter and not yet finished",
+            tag_keys=("limiter",),
+        )
+
+
+_metrics: _Metrics | None = None
+_lock = threading.Lock()
+
+
+def _get() -> _Metrics | None:
+    global _metrics
+    if not ray.is_initialized():
+        return None
+    with _lock:
+        if _metrics is None:
+            _metrics = _Metrics()
+        return _metrics
+
+
+def record_lm_call(call: LMCall) -> None:
+    """Records one LM call; pass it as ``LM(config, observer=record_lm_call)``."""
+    m = _get()
+    if m is None:
+        return
+    model = call.model
+    if call.error_kind is not None:
+        m.llm_errors.inc(1.0, {"model": model, "kind": call.error_kind})
+        return
+    m.llm_calls.inc(1.0, {"model": model, "cached": "true" if call.cached else "false"})
+    m.llm_latency.observe(call.latency_s, {"model": model})
+    if not call.cached:
+        if call.prompt_tokens:
+            m.llm_tokens.inc(float(call.prompt_tokens), {"model": model, "type": "prompt"})
+        if call.completion_tokens:
+            m.llm_tokens.inc(float(call.completion_tokens), {"model": model, "type": "completion"})
+
+
+def trial_started(kind: str) -> None:
+    """A search trial of ``kind`` (baseline, minibatch, full) started."""
+    m = _get()
+    if m is not None:
+        m.trials_started.inc(1.0, {"kind": kind})
+
+
+def trial_ended(kind: str, *, failed: bool) -> None:
+    """A search trial scored (or failed)."""
+    m = _get()
+    if m is not None:
+        (m.trials_failed if failed else m.trials_finished).inc(1.0, {"kind": kind})
+
+
+def best_score(run: str, kind: str, score: float | None) -> None:
+    """The best ``kind`` score (``full`` or ``minibatch``) of run ``run`` so far."""
+    m = _get()
+    if m is not None and score is not None:
+        m.best_score.set(score, {"run": run, "kind": kind})
+
+
+def limiter_state(limiter: str, *, waiting: int, in_flight: int) -> None:
+    """Queue length and requests in flight of an endpoint's limiter."""
+    m = _get()
+    if m is not None:
+        m.limiter_waiting.set(float(waiting), {"limiter": limiter})
+        m.limiter_in_flight.set(float(in_flight), {"limiter": limiter})

@@ -1,0 +1,175 @@
+"""One search trial, run inside a Tune trial actor: a program configuration scored on examples.
+
+A trial's Tune config carries the configuration itself (per predictor: the chosen instruction,
+demos and temperature), not indices into the candidates, so trials need no candidates shipped
+to them and the search can start its trial actors (and score the unoptimized program) while
+the candidates are still being bootstrapped and proposed.
+
+This module stays free of Optuna and of the searcher, so a trial actor imports only what
+running a program needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict
+from ray import tune
+
+from mipro_ray import telemetry
+from mipro_ray.errors import EvaluationError
+from mipro_ray.evaluate import evaluate
+from mipro_ray.lm import LM, LMConfig
+from mipro_ray.metrics import Metric
+from mipro_ray.program import ModelSettings, Program
+from mipro_ray.ray_limiter import RayLimiter
+from mipro_ray.signature import Example
+
+__all__ = [
+    "PredictorChoice",
+    "TrialOutcome",
+    "TrialSpec",
+    "apply_choices",
+    "minibatch_indices",
+    "run_trial",
+]
+
+_LEASE_MARGIN_S = 5.0
+
+
+class PredictorChoice(BaseModel):
+    """What one trial sets on one predictor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    instruction: str
+    demos: list[Example]
+    temperature: float | None = None
+
+
+class TrialSpec(BaseModel):
+    """What every trial actor needs (shipped once through the object store).
+
+    Attributes:
+        concurrency: Examples in flight within a minibatch trial; full evaluations use
+            ``max(concurrency, lm.max_concurrency)`` so one of them alone can fill the limiter.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    program: Program
+    valset: list[Example]
+    metric: Metric
+    lm: LMConfig
+    limiter_name: str
+    minibatch_size: int
+    concurrency: int
+    max_error_fraction: float
+    seed: int
+
+
+class TrialOutcome(BaseModel):
+    """What a trial reports to Tune."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score: float
+    failed: bool
+    error: str | None
+    n_examples: int
+    calls: int
+    cache_hits: int
+    http_requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    duration_s: float
+
+
+def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
+    """The validation indices a minibatch trial scores (seeded by run seed and trial number)."""
+    rng = random.Random(seed * 1_000_003 + number)
+    return sorted(rng.sample(range(n_val), min(size, n_val)))
+
+
+def apply_choices(program: Program, choices: Mapping[str, PredictorChoice]) -> Program:
+    """Returns a copy of ``program`` with each named predictor's instruction, demos and
+    temperature replaced by ``choices`` (predictors not named keep theirs)."""
+    candidate = program.copy()
+    for name, predictor in candidate.named_predictors().items():
+        choice = choices.get(name)
+        if choice is None:
+            continue
+        predictor.instruction = choice.instruction
+        predictor.demos = [dict(d) for d in choice.demos]
+        if choice.temperature is not None:
+            predictor.settings = ModelSettings(
+                temperature=choice.temperature,
+                top_p=predictor.settings.top_p,
+                max_tokens=predictor.settings.max_tokens,
+            )
+    return candidate
+
+
+def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
+    """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`."""
+    telemetry.trial_started(str(config["kind"]))
+    outcome = asyncio.run(_evaluate_config(config, spec))
+    telemetry.trial_ended(str(config["kind"]), failed=outcome.failed)
+    tune.report(outcome.model_dump())
+
+
+async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+    start = time.perf_counter()
+    raw = config["program"]
+    assert isinstance(raw, dict)
+    choices = {str(k): PredictorChoice.model_validate(v) for k, v in raw.items()}
+    if config["kind"] == "minibatch":
+        number = config["number"]
+        assert isinstance(number, int)
+        indices = minibatch_indices(
+            len(spec.valset), spec.minibatch_size, seed=spec.seed, number=number
+        )
+        examples = [spec.valset[i] for i in indices]
+        concurrency = spec.concurrency
+    else:
+        examples = spec.valset
+        concurrency = max(spec.concurrency, spec.lm.max_concurrency)
+    program = apply_choices(spec.program, choices)
+    lm = LM(
+        spec.lm,
+        limiter=RayLimiter(spec.limiter_name, ttl_s=spec.lm.timeout_s + _LEASE_MARGIN_S),
+        observer=telemetry.record_lm_call,
+    )
+    score, failed, error = 0.0, False, None
+    try:
+        result = await evaluate(
+            program,
+            examples,
+            metric=spec.metric,
+            lm=lm,
+            concurrency=min(concurrency, max(len(examples), 1)),
+            max_error_fraction=spec.max_error_fraction,
+        )
+        score = result.score
+    except EvaluationError as exc:
+        failed, error = True, str(exc)
+    finally:
+        usage = lm.usage
+        await lm.aclose()
+    return TrialOutcome(
+        score=score,
+        failed=failed,
+        error=error,
+        n_examples=len(examples),
+        calls=usage.calls,
+        cache_hits=usage.cache_hits,
+        http_requests=usage.http_requests,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost_usd=usage.cost_usd,
+        duration_s=time.perf_counter() - start,
+    )
