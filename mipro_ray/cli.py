@@ -40,6 +40,8 @@ class ProgressBar:
                 self._bar = tqdm(
                     total=p.trials_planned, desc="searching", unit="trial", file=self._stream
                 )
+            elif p.phase in ("finished", "cancelled"):
+                self.close()
             elif p.phase in ("bootstrapping", "proposing"):
                 tqdm.write(f"[{p.elapsed_s:6.1f}s] {p.phase}...", file=self._stream)
             return
@@ -56,9 +58,10 @@ class ProgressBar:
             tqdm.write(f"trial {event.trial.number} failed: {event.trial.error}", file=self._stream)
 
     def close(self) -> None:
-        """Closes the bar."""
+        """Closes the bar (idempotent)."""
         if self._bar is not None:
             self._bar.close()
+            self._bar = None
 
 
 def summary_table(outcome: SpecResult, *, wall_s: float) -> str:
