@@ -63,7 +63,7 @@ class Row:
 
 def _row(system: str, clients: int, latencies: list[float], wall: float) -> Row:
     ordered = sorted(latencies)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return Row(system, clients, statistics.median(ordered) * 1e3, p95 * 1e3, len(ordered) / wall)
 
 
@@ -72,12 +72,10 @@ async def _drive(
 ) -> tuple[list[float], float]:
     """Runs ``total`` round trips from ``clients`` concurrent loops; returns latencies, wall."""
     latencies: list[float] = []
-    remaining = total
+    tickets = iter(range(total))  # shared by the loops: each round trip is taken once
 
     async def loop() -> None:
-        nonlocal remaining
-        while remaining > 0:
-            remaining -= 1
+        for _ in tickets:
             start = time.perf_counter()
             await round_trip()
             latencies.append(time.perf_counter() - start)
@@ -147,6 +145,7 @@ def bench_in_process(data_dir: Path, trials: int) -> list[Row]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = Settings(data_dir=data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
     request = OptimizationRequest.model_validate(_request("inproc_state", trials))
     space = search_space(request.parameters)
     rows: list[Row] = []

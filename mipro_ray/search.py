@@ -35,6 +35,7 @@ from typing import Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
@@ -315,15 +316,30 @@ class MiproSearcher(Searcher):
     """A Tune `Searcher` that asks `OptunaSearch` for minibatch trials and adds full evaluations.
 
     It starts without candidates: until `provide` is called it suggests only the baseline
-    (whose configuration is known up front) and then waits. `provide` is called from another
-    thread than Tune's, hence the lock.
+    (whose configuration is known up front) and then waits. The baseline runs as
+    ``baseline_shards`` trials on disjoint slices of the validation set, combined into one
+    record: that starts every trial actor at once, at the beginning. (Tune prefers a cached
+    actor to one still starting and kills the latter, so actors started one at a time later,
+    while short trials finish on the first actor, would be started and killed over and over.)
+    `provide` is called from another thread than Tune's, hence the lock.
     """
 
-    def __init__(self, *, state: SearchState, baseline: dict[str, PredictorChoice]) -> None:
-        """Args: state: bookkeeping; baseline: the unoptimized program's configuration."""
+    def __init__(
+        self,
+        *,
+        state: SearchState,
+        baseline: dict[str, PredictorChoice],
+        baseline_shards: int = 1,
+    ) -> None:
+        """Args: state: bookkeeping; baseline: the unoptimized program's configuration;
+        baseline_shards: trials the baseline is split into (the number of trial actors)."""
         super().__init__(metric="score", mode="max")
         self._state = state
         self._baseline = {k: v.model_dump(mode="json") for k, v in baseline.items()}
+        self._shards = max(1, baseline_shards)
+        self._shards_issued = 0
+        self._shard_results: list[tuple[dict[str, object] | None, bool]] = []
+        self._baseline_number: int | None = None
         self._lock = threading.Lock()
         self._inner: OptunaSearch | None = None
         self._candidates: Candidates | None = None
@@ -361,8 +377,13 @@ class MiproSearcher(Searcher):
                 return None if self._live else Searcher.FINISHED  # type: ignore[return-value]
             if isinstance(config, str):  # "wait": ask again when a trial finishes
                 return None
-            config["number"] = self._next_number
-            self._next_number += 1
+            if config["kind"] == "baseline" and self._baseline_number is not None:
+                config["number"] = self._baseline_number  # a further shard of the baseline
+            else:
+                config["number"] = self._next_number
+                self._next_number += 1
+                if config["kind"] == "baseline":
+                    self._baseline_number = self._next_number - 1
             self._live[trial_id] = config
             return config
 
@@ -377,10 +398,12 @@ class MiproSearcher(Searcher):
 
     def _next(self, trial_id: str) -> dict[str, object] | str | None:
         state = self._state
-        if not state.baseline_done() and not any(
-            c["kind"] == "baseline" for c in self._live.values()
-        ):
-            return self._config("baseline", state.plan.baseline)
+        if not state.baseline_done() and self._shards_issued < self._shards:
+            config = self._config("baseline", state.plan.baseline)
+            config["shard"] = self._shards_issued
+            config["shards"] = self._shards
+            self._shards_issued += 1
+            return config
         if self._inner is None:
             return "wait"  # the candidates are still being prepared
         if state.pending_full:
@@ -424,10 +447,15 @@ class MiproSearcher(Searcher):
                 )
             if kind == "minibatch" and self._inner is not None:
                 self._inner.on_trial_complete(trial_id, None if failed else result, error=failed)
-            elif kind == "baseline" and not failed and result is not None:
-                self._baseline_score = _float(result["score"])
-                if self._inner is not None:
-                    self._add_baseline_point(self._baseline_score)
+            elif kind == "baseline":
+                self._shard_results.append((result, failed))
+                if len(self._shard_results) < self._shards:
+                    return
+                result, failed, reason = _combine_shards(self._shard_results, reason)
+                if not failed and result is not None:
+                    self._baseline_score = _float(result["score"])
+                    if self._inner is not None:
+                        self._add_baseline_point(self._baseline_score)
             self._state.add(_record(number, kind, params, result, failed, reason))
 
     def _add_baseline_point(self, score: float) -> None:
@@ -445,6 +473,29 @@ class MiproSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         """See `save`."""
+
+
+def _combine_shards(
+    shards: Sequence[tuple[dict[str, object] | None, bool]], reason: str | None
+) -> tuple[dict[str, object] | None, bool, str | None]:
+    """One baseline result from its shards: example-weighted score, summed usage."""
+    failed_shards = [r for r, failed in shards if failed]
+    if failed_shards:
+        errors = [str(r["error"]) for r in failed_shards if r is not None and r.get("error")]
+        return None, True, errors[0] if errors else reason
+    results = [r for r, _ in shards if r is not None]
+    n = sum(_int(r.get("n_examples")) for r in results)
+    combined: dict[str, object] = {
+        key: sum(_float(r.get(key)) for r in results)
+        for key in ("calls", "cache_hits", "http_requests", "prompt_tokens", "completion_tokens")
+    }
+    combined.update(
+        score=sum(_float(r.get("score")) * _int(r.get("n_examples")) for r in results) / max(n, 1),
+        n_examples=n,
+        cost_usd=sum(_float(r.get("cost_usd")) for r in results),
+        duration_s=max((_float(r.get("duration_s")) for r in results), default=0.0),
+    )
+    return combined, False, None
 
 
 def _float(value: object) -> float:
@@ -500,6 +551,51 @@ class _StopAll(tune.Stopper):
         return self._state.hard_stop
 
 
+class _NoCSV(CSVLoggerCallback):
+    """Stands in for Tune's default CSV logger, so Tune does not add it: the run directory's
+    records replace Tune's per-trial logs, which cost driver CPU at every result."""
+
+    def log_trial_start(self, trial: object) -> None:
+        """No per-trial files."""
+
+    def log_trial_result(self, iteration: int, trial: object, result: dict[str, object]) -> None:
+        """No per-trial files."""
+
+    def log_trial_end(self, trial: object, failed: bool = False) -> None:
+        """No per-trial files."""
+
+
+class _NoJSON(JsonLoggerCallback):
+    """See `_NoCSV`."""
+
+    def log_trial_start(self, trial: object) -> None:
+        """No per-trial files."""
+
+    def log_trial_result(self, iteration: int, trial: object, result: dict[str, object]) -> None:
+        """No per-trial files."""
+
+    def log_trial_end(self, trial: object, failed: bool = False) -> None:
+        """No per-trial files."""
+
+
+class _NoTBX(TBXLoggerCallback):
+    """See `_NoCSV` (also spares a TensorBoard writer thread per trial)."""
+
+    def __init__(self) -> None:
+        # Tune's __init__ imports tensorboardX; none is written here.
+        self._trial_writer = {}
+        self._trial_result = {}
+
+    def log_trial_start(self, trial: object) -> None:
+        """No per-trial files."""
+
+    def log_trial_result(self, iteration: int, trial: object, result: dict[str, object]) -> None:
+        """No per-trial files."""
+
+    def log_trial_end(self, trial: object, failed: bool = False) -> None:
+        """No per-trial files."""
+
+
 def mark_abandoned_trials_failed(storage: optuna.storages.BaseStorage, study_name: str) -> int:
     """Marks RUNNING trials left by a killed run as FAIL; returns how many."""
     try:
@@ -538,7 +634,11 @@ class SearchRun:
         self._temperature_range = temperature_range
         self._max_concurrent_trials = max_concurrent_trials
         self._tune_dir = tune_dir
-        self._searcher = MiproSearcher(state=state, baseline=baseline_choices(spec.program))
+        self._searcher = MiproSearcher(
+            state=state,
+            baseline=baseline_choices(spec.program),
+            baseline_shards=min(max_concurrent_trials, len(spec.valset)),
+        )
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -591,7 +691,12 @@ class SearchRun:
             tune.with_parameters(run_trial, spec=self._spec), {"cpu": _TRIAL_CPUS}
         )
         plan = self._state.plan
-        max_samples = 2 * plan.num_trials + plan.num_trials // plan.full_eval_steps + 4
+        max_samples = (
+            2 * plan.num_trials
+            + plan.num_trials // plan.full_eval_steps
+            + self._max_concurrent_trials
+            + 4
+        )
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -604,6 +709,7 @@ class SearchRun:
                 name=self._study_name,
                 storage_path=self._tune_dir,
                 stop=_StopAll(self._state),
+                callbacks=[_NoCSV(), _NoJSON(), _NoTBX()],  # type: ignore[no-untyped-call]
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 log_to_file=True,

@@ -138,6 +138,9 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
     else:
         examples = spec.valset
         concurrency = max(spec.concurrency, spec.lm.max_concurrency)
+        shard, shards = config.get("shard"), config.get("shards")
+        if isinstance(shard, int) and isinstance(shards, int):  # a slice of the baseline
+            examples = examples[shard::shards]
     program = apply_choices(spec.program, choices)
     lm = LM(
         spec.lm,

@@ -160,7 +160,7 @@ class MiproJobService:
                 logger.debug("job %s: its actor exited; reading the run directory", job_id)
         return await self._status_from_files(row)
 
-    async def list(self, limit: int) -> list[JobStatus]:
+    async def list_jobs(self, limit: int) -> list[JobStatus]:
         """Statuses of the ``limit`` newest jobs, newest first."""
         db = await self._database()
         rows = await asyncio.to_thread(_recent, db, limit)
@@ -280,7 +280,7 @@ def mipro_jobs_router(settings: Settings) -> APIRouter:
     @router.get("", response_model=list[JobStatus])
     async def list_jobs(limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobStatus]:
         """The newest jobs first."""
-        return await service.list(limit)
+        return await service.list_jobs(limit)
 
     @router.get("/{job_id}", response_model=JobStatus)
     async def get_job(job_id: str) -> JobStatus:

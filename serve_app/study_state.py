@@ -22,7 +22,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 import optuna
@@ -230,7 +230,7 @@ class StudyState:
         if job is not None:
             progress = self._progress(loaded)
             if job.status in FINAL_STATUSES:
-                updated = JobRecord(**{**job.__dict__, "progress": progress})
+                updated = replace(job, progress=progress)
             else:
                 told = 0 if progress is None else progress.finished
                 updated = with_status(
@@ -238,7 +238,7 @@ class StudyState:
                     JobStatus.CANCELLED,
                     error=f"study deleted after {told} of {job.n_trials} trials were told",
                 )
-                updated = JobRecord(**{**updated.__dict__, "progress": progress})
+                updated = replace(updated, progress=progress)
             self._save_job(loaded, updated)
         self._database().delete_study(loaded.study_id)
         self._loaded = None
@@ -379,7 +379,7 @@ class StudyState:
         progress = self._progress(loaded)
         if progress is not None and progress.finished >= job.n_trials:
             done = with_status(job, JobStatus.COMPLETED)
-            self._save_job(loaded, JobRecord(**{**done.__dict__, "progress": progress}))
+            self._save_job(loaded, replace(done, progress=progress))
 
     def _save_job(self, loaded: _Loaded, job: JobRecord) -> None:
         JobStore(self._database().engine).update(job)
