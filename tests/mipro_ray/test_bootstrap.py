@@ -104,7 +104,7 @@ def answers(demos: list[Example]) -> list[JsonValue]:
 
 async def test_single_step_sets(server: FakeLLMServer, lm: LM) -> None:
     result = await build(single(), lm)
-    sets = result.sets["steps.predict"]
+    sets = result.sets["predict"]
     assert len(sets) == 6
     assert sets[0] == []
     labeled_order = list(range(N_TRAIN))
@@ -121,7 +121,7 @@ async def test_single_step_sets(server: FakeLLMServer, lm: LM) -> None:
 
 async def test_only_passing_traces_become_demos(server: FakeLLMServer, lm: LM) -> None:
     result = await build(single(), lm, max_labeled_demos=0)
-    for s, demos in enumerate(result.sets["steps.predict"]):
+    for s, demos in enumerate(result.sets["predict"]):
         assert "wrong" not in str(demos)
         questions = [int(str(d["question"])[1:]) for d in demos]
         assert all(passes(i) for i in questions)
@@ -154,7 +154,7 @@ async def test_multi_step_yields_demos_for_each_predictor_from_one_trace(
     server: FakeLLMServer, lm: LM
 ) -> None:
     result = await build(two_step(), lm)
-    hint_sets, answer_sets = result.sets["steps.step0"], result.sets["steps.step1"]
+    hint_sets, answer_sets = result.sets["step0"], result.sets["step1"]
     # Train rows have no 'hint': no labeled demo fits either step, so set 1 is empty too.
     assert hint_sets[1] == [] and answer_sets[1] == []
     assert [d["question"] for d in answer_sets[2]] == ["q1", "q2", "q4", "q5"]
@@ -178,7 +178,7 @@ async def test_same_seed_same_sets(server: FakeLLMServer, lm: LM) -> None:
 async def test_no_bootstrap_means_no_teacher_runs(server: FakeLLMServer, lm: LM) -> None:
     result = await build(single(), lm, max_bootstrapped_demos=0, max_labeled_demos=2)
     assert server.requests == 0 and result.n_attempted == 0
-    sets = result.sets["steps.predict"]
+    sets = result.sets["predict"]
     assert sets[2] == [TRAIN[0], TRAIN[1]]
     assert all(len(s) == 2 for s in sets[1:])
 
@@ -239,5 +239,5 @@ async def test_retry_rounds_sample_hot_and_recover_examples() -> None:
         )
         result = await build(single(), lm, num_sets=3, max_labeled_demos=0, max_rounds=2)
         await lm.aclose()
-    assert answers(result.sets["steps.predict"][2]) == ["a0", "a1", "a2", "a3"]
+    assert answers(result.sets["predict"][2]) == ["a0", "a1", "a2", "a3"]
     assert result.n_attempted == server.requests == 6  # 0 and 3 ran twice

@@ -83,7 +83,7 @@ def program() -> Program:
     return Pipeline.from_signatures("question -> answer", instructions=[ORIGINAL])
 
 
-def demo_sets(name: str = "steps.predict", *, fail_set: int | None = None) -> DemoSets:
+def demo_sets(name: str = "predict", *, fail_set: int | None = None) -> DemoSets:
     """Six sets with distinct demos; set ``fail_set`` holds a demo the responder refuses."""
     sets: list[list[Example]] = [[]]
     for s in range(1, 6):
@@ -100,7 +100,7 @@ async def test_candidates_original_first_and_distinct(server: FakeLLMServer, lm:
     result = await propose_instructions(
         program(), TRAIN, demo_sets(), lm=lm, num_candidates=5, seed=3
     )
-    candidates = result.candidates["steps.predict"]
+    candidates = result.candidates["predict"]
     assert candidates[0] == ORIGINAL
     assert len(candidates) == 5 and len(set(candidates)) == 5
     assert all(c.startswith("Answer the quiz question precisely") for c in candidates[1:])
@@ -140,10 +140,10 @@ async def test_failed_proposals_are_reported(server: FakeLLMServer, lm: LM) -> N
     result = await propose_instructions(
         program(), TRAIN, demo_sets(fail_set=2), lm=lm, num_candidates=5, seed=3
     )
-    candidates = result.candidates["steps.predict"]
+    candidates = result.candidates["predict"]
     assert len(candidates) == 4 and candidates[0] == ORIGINAL
     assert len(result.failures) == 2  # the call and its retry
-    assert "predictor 'steps.predict' candidate 2" in result.failures[0]
+    assert "predictor 'predict' candidate 2" in result.failures[0]
     assert "ParseError" in result.failures[0]
     assert "(retry)" in result.failures[1]
 
@@ -163,7 +163,7 @@ async def test_failed_summary_is_reported_and_proposals_go_on() -> None:
         await lm.aclose()
         assert result.dataset_summary is None
         assert len(result.failures) == 1 and "dataset summary failed" in result.failures[0]
-        assert len(result.candidates["steps.predict"]) == 3
+        assert len(result.candidates["predict"]) == 3
         assert all("dataset_summary" not in prompt(r) for r in proposals(server))
 
 
@@ -186,7 +186,7 @@ async def test_given_context_is_not_recomputed(server: FakeLLMServer, lm: LM) ->
         num_candidates=4,
         seed=0,
         dataset_summary="given summary",
-        program_description=("given description", {"steps.predict": "the only step"}),
+        program_description=("given description", {"predict": "the only step"}),
     )
     assert server.requests == 3 == len(proposals(server))
     assert result.dataset_summary == "given summary"
@@ -197,7 +197,7 @@ async def test_one_candidate_makes_no_call(server: FakeLLMServer, lm: LM) -> Non
     result = await propose_instructions(
         program(), TRAIN, demo_sets(), lm=lm, num_candidates=1, seed=0
     )
-    assert result == InstructionCandidates(candidates={"steps.predict": [ORIGINAL]})
+    assert result == InstructionCandidates(candidates={"predict": [ORIGINAL]})
     assert server.requests == 0
 
 
@@ -218,8 +218,8 @@ async def test_describe_multi_step_program(server: FakeLLMServer, lm: LM) -> Non
     description, roles = await describe_program(pipe, lm=lm)
     assert description == "The program answers quiz questions."
     assert roles == {
-        "steps.step0": "This step writes a hint.",
-        "steps.step1": "This step writes a hint.",
+        "step0": "This step writes a hint.",
+        "step1": "This step writes a hint.",
     }
     described = next(r for r in server.received if kind(r) == "describe")
     assert "question -> hint" in prompt(described)
