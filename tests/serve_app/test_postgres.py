@@ -46,9 +46,9 @@ async def test_20_concurrent_suggests_give_20_distinct_trials(
 def test_both_replicas_serve_the_same_study(
     pg_app: str, client: httpx.Client, ax_request: AxRequest, name: str
 ) -> None:
-    client.post(f"{pg_app}/optimize", json=ax_request(name, n_trials=12)).raise_for_status()
+    client.post(f"{pg_app}/optimize", json=ax_request(name, n_trials=24)).raise_for_status()
     replicas: set[str] = set()
-    for _ in range(12):
+    for _ in range(24):
         suggestion = client.post(f"{pg_app}/studies/{name}/suggest")
         replicas.add(suggestion.headers.get("x-mipro-replica", ""))
         number = suggestion.json()["trial_number"]
