@@ -39,7 +39,7 @@ from mipro_ray.propose import (
     propose_instructions,
     summarize_dataset,
 )
-from mipro_ray.ray_limiter import RayLimiter, get_limiter_actor, limiter_name
+from mipro_ray.ray_limiter import RayLimiter, get_limiter_actor
 from mipro_ray.report import write_report
 from mipro_ray.rundir import RunDir
 from mipro_ray.search import (
@@ -61,8 +61,6 @@ _T = TypeVar("_T")
 Phase = Literal[
     "queued", "bootstrapping", "proposing", "searching", "finished", "failed", "cancelled"
 ]
-
-_LEASE_MARGIN_S = 5.0
 
 
 class Progress(BaseModel):
@@ -266,7 +264,6 @@ class MIPRO:
             valset=val,
             metric=self.metric,
             lm=self.student,
-            limiter_name=limiter_name(self.student),
             minibatch_size=s.minibatch_size,
             concurrency=s.trial_concurrency
             if s.trial_concurrency is not None
@@ -390,7 +387,7 @@ class MIPRO:
     def _lm(self, config: LMConfig) -> LM:
         return LM(
             config,
-            limiter=RayLimiter(limiter_name(config), ttl_s=config.timeout_s + _LEASE_MARGIN_S),
+            limiter=RayLimiter.for_config(config),
             observer=telemetry.record_lm_call,
         )
 

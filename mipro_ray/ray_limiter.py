@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 NAMESPACE = "mipro_ray"
 _REAP_INTERVAL_S = 5.0
+LEASE_MARGIN_S = 5.0
+"""Seconds a lease lives beyond the holder's HTTP timeout before it is reclaimed."""
 
 
 def limiter_name(config: LMConfig) -> str:
@@ -149,6 +151,11 @@ class RayLimiter:
         self._ttl_s = ttl_s
         self._handle: Any = None
         self._held: deque[str] = deque()
+
+    @classmethod
+    def for_config(cls, config: LMConfig) -> RayLimiter:
+        """The client of ``config``'s endpoint limiter; a lease outlives one HTTP attempt."""
+        return cls(limiter_name(config), ttl_s=config.timeout_s + LEASE_MARGIN_S)
 
     def __getstate__(self) -> dict[str, object]:
         return {"_name": self._name, "_ttl_s": self._ttl_s}

@@ -18,7 +18,7 @@ from mipro_ray.lm import LM, LMConfig
 from mipro_ray.metrics import Metric
 from mipro_ray.optimizer import MIPRO, MiproResult, RunEvent
 from mipro_ray.program import Program
-from mipro_ray.ray_limiter import RayLimiter, limiter_name
+from mipro_ray.ray_limiter import RayLimiter
 from mipro_ray.signature import Example
 from mipro_ray.spec import RunSpec
 
@@ -88,7 +88,7 @@ def run_spec(
 async def _test_scores(
     baseline: Program, optimized: Program, test: list[Example], metric: Metric, config: LMConfig
 ) -> tuple[float, float]:
-    lm = LM(config, limiter=RayLimiter(limiter_name(config), ttl_s=config.timeout_s + 5.0))
+    lm = LM(config, limiter=RayLimiter.for_config(config))
     try:
         before, after = await asyncio.gather(
             evaluate(baseline, test, metric=metric, lm=lm, concurrency=config.max_concurrency),

@@ -37,8 +37,6 @@ __all__ = [
     "run_trial",
 ]
 
-_LEASE_MARGIN_S = 5.0
-
 
 class PredictorChoice(BaseModel):
     """What one trial sets on one predictor."""
@@ -64,7 +62,6 @@ class TrialSpec(BaseModel):
     valset: list[Example]
     metric: Metric
     lm: LMConfig
-    limiter_name: str
     minibatch_size: int
     concurrency: int
     max_error_fraction: float
@@ -144,7 +141,7 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
     program = apply_choices(spec.program, choices)
     lm = LM(
         spec.lm,
-        limiter=RayLimiter(spec.limiter_name, ttl_s=spec.lm.timeout_s + _LEASE_MARGIN_S),
+        limiter=RayLimiter.for_config(spec.lm),
         observer=telemetry.record_lm_call,
     )
     score, failed, error = 0.0, False, None
