@@ -1,18 +1,36 @@
 """Job records: one per study created by ``POST /optimize``, in the study database.
 
 A job tracks the client's progress through its study; the service never runs trials itself.
-Status moves ``pending`` -> ``running`` (first suggest) -> ``completed`` (``n_trials`` told) or
-``cancelled`` (``DELETE /jobs/{id}``, or the study was deleted first). Only the study's actor
-changes a job's status, so status checks on the suggest path need no database read.
+Status moves ``pending`` -> ``running`` (first suggest) -> one of the final statuses:
+
+- ``completed``: ``n_trials`` were told (before the timeout, if the request has one);
+- ``failed``: the request's ``timeout``, counted from the first suggest, elapsed first
+  (see :attr:`JobRecord.deadline`); ``error`` says after how many trials;
+- ``cancelled``: ``DELETE /jobs/{id}``, or the study was deleted first.
+
+A final status never changes afterwards (:func:`with_status` refuses, and so does
+:meth:`JobStore.update` against the database row). Only the study's actor changes a job's
+status, so status checks on the suggest path need no database read.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text, insert, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -67,6 +85,19 @@ class JobRecord:
     error: str | None = None
     progress: Progress | None = None
 
+    @property
+    def deadline(self) -> datetime | None:
+        """When the request's ``timeout`` elapses: ``started_at + timeout``.
+
+        None without a timeout, or while the job is pending: the clock starts at the first
+        suggest, so the time between ``POST /optimize`` and the client's first trial does not
+        count.
+        """
+        timeout = self.request.timeout
+        if timeout is None or self.started_at is None:
+            return None
+        return self.started_at + timedelta(seconds=timeout)
+
 
 def _to_db(value: datetime | None) -> datetime | None:
     return None if value is None else value.astimezone(timezone.utc).replace(tzinfo=None)
@@ -106,7 +137,13 @@ class JobStore:
             raise StorageError(f"cannot record job {job.job_id}: {exc}") from exc
 
     def update(self, job: JobRecord) -> None:
-        """Writes a job's status, timestamps, error and progress snapshot."""
+        """Writes a job's status, timestamps, error and progress snapshot.
+
+        Raises:
+            ConflictError: The stored job already has a different final status (its status
+                never changes once final; e.g. a stale copy tried to move a cancelled job).
+        """
+        final = [status.value for status in FINAL_STATUSES]
         values = {
             "status": job.status.value,
             "started_at": _to_db(job.started_at),
@@ -116,11 +153,24 @@ class JobStore:
         }
         try:
             with self._engine.begin() as conn:
-                conn.execute(
-                    jobs_table.update().where(jobs_table.c.job_id == job.job_id).values(**values)
+                updated = conn.execute(
+                    jobs_table.update()
+                    .where(jobs_table.c.job_id == job.job_id)
+                    .where(
+                        or_(
+                            jobs_table.c.status.not_in(final),
+                            jobs_table.c.status == job.status.value,
+                        )
+                    )
+                    .values(**values)
                 )
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot update job {job.job_id}: {exc}") from exc
+        if updated.rowcount != 1:
+            raise ConflictError(
+                f"job {job.job_id} has already finished with another status in the database, "
+                f"so it cannot become {job.status.value}; retry to see its current status"
+            )
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with ``job_id``, or None."""
@@ -166,7 +216,14 @@ def _record(row: dict[str, object]) -> JobRecord:
 
 
 def with_status(job: JobRecord, status: JobStatus, *, error: str | None = None) -> JobRecord:
-    """A copy of ``job`` moved to ``status``, stamping started_at/completed_at."""
+    """A copy of ``job`` moved to ``status``, stamping started_at/completed_at.
+
+    Raises:
+        ConflictError: ``job`` already has a final status other than ``status``.
+    """
+    if job.status in FINAL_STATUSES and status is not job.status:
+        because = f": {job.error}" if job.error is not None else ""
+        raise ConflictError(f"job {job.job_id} is already {job.status.value}{because}")
     now = datetime.now(timezone.utc)
     started = job.started_at
     if started is None and status in (JobStatus.RUNNING, JobStatus.COMPLETED):

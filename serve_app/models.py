@@ -37,7 +37,12 @@ class Direction(str, Enum):
 
 
 class JobStatus(str, Enum):
-    """Lifecycle of a job: pending -> running -> completed | failed | cancelled."""
+    """Lifecycle of a job: pending -> running -> completed | failed | cancelled.
+
+    ``running`` starts at the first suggest; ``failed`` means the request's ``timeout``
+    elapsed before ``n_trials`` were told (``error`` says so). The last three are final: a
+    job's status never changes after reaching one of them.
+    """
 
     PENDING = "pending"
     RUNNING = "running"
@@ -97,7 +102,16 @@ class Objective(BaseModel):
 
 
 class OptimizationRequest(BaseModel):
-    """Body of ``POST /optimize``: creates a study and a job that tracks the client's trials."""
+    """Body of ``POST /optimize``: creates a study and a job that tracks the client's trials.
+
+    Attributes:
+        timeout: Seconds the client has for its ``n_trials``, counted from the job's start
+            (its first suggest, when it becomes ``running``), not from ``POST /optimize``, so
+            a client that creates its study early does not lose time; this matches Optuna's
+            ``optimize(timeout=...)``, which counts from the start of the optimization. After
+            it, suggest answers 409 and the job is ``failed`` unless all ``n_trials`` were
+            told in time; trials suggested earlier can still be evaluated. None: no limit.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -105,7 +119,14 @@ class OptimizationRequest(BaseModel):
     parameters: list[ParameterSpec]
     objective: Objective
     n_trials: Annotated[int, Field(ge=1, le=10000)] = 100
-    timeout: Annotated[float | None, Field(gt=0)] = None
+    timeout: Annotated[
+        float | None,
+        Field(
+            gt=0,
+            description="seconds from the first suggest after which no more trials are "
+            "suggested and an unfinished job fails",
+        ),
+    ] = None
     sampler: SamplerName = "TPESampler"
     pruner: PrunerName | None = "MedianPruner"
     metadata: dict[str, JsonValue] | None = None

@@ -8,6 +8,7 @@ reading jobs) runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -150,10 +151,30 @@ class StudyService:
         return _job_response(cancelled, progress, None)
 
     async def list_jobs(self, limit: int) -> list[JobStatusResponse]:
-        """The ``limit`` most recent jobs (progress as last recorded)."""
+        """The ``limit`` most recent jobs (progress as last recorded).
+
+        Timeouts are checked lazily by each study's owner; a running job past its deadline is
+        first handed to its owner, so the list shows it ``failed`` rather than still running.
+        """
         db = await self._database()
-        jobs = await self._run(JobStore(db.engine).recent, limit)
+        store = JobStore(db.engine)
+        jobs = await self._run(store.recent, limit)
+        now = utcnow()
+        overdue = [
+            job
+            for job in jobs
+            if job.status is JobStatus.RUNNING and job.deadline is not None and job.deadline <= now
+        ]
+        if overdue:
+            await asyncio.gather(*(self._check_job(job.study_name) for job in overdue))
+            jobs = await self._run(store.recent, limit)
         return [_job_response(job, job.progress, None) for job in jobs]
+
+    async def _check_job(self, study_name: str) -> None:
+        """Lets the study's owner run its lazy checks (stale trials, timeout)."""
+        # Deleted meanwhile: deleting a study ends its job, which the caller's re-read shows.
+        with contextlib.suppress(NotFoundError):
+            await self._call(study_name, "progress")
 
     async def _job(self, job_id: str) -> JobRecord:
         db = await self._database()

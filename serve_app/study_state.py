@@ -14,6 +14,14 @@ number.
 
 Stale trials: a RUNNING trial older than ``stale_trial_seconds`` is marked FAIL (with a
 ``fail_reason`` system attribute) lazily, on every suggest, evaluate, results and progress call.
+
+Timeouts: the request's optional ``timeout`` is counted from the job's first suggest (when it
+becomes ``running``; see :attr:`~serve_app.jobs.JobRecord.deadline`). It is checked lazily too,
+on every call, not by a timer: the first call after the deadline marks a running job
+``failed``, with ``error`` naming the timeout and the trials told before it, and stamps
+``completed_at`` with the deadline itself. From then on suggest answers 409, while trials
+suggested before the deadline can still be evaluated, so no finished work is lost. A job whose
+``n_trials`` were all told before the deadline is ``completed`` and stays so.
 """
 
 from __future__ import annotations
@@ -89,11 +97,13 @@ class StudyState:
 
         Raises:
             NotFoundError: The study does not exist.
-            ConflictError: The study's job was cancelled or failed, or the study has no
-                parameter spec (it was not created by ``POST /optimize``).
+            ConflictError: The study's job was cancelled or failed (e.g. its timeout elapsed;
+                the message carries the job's error), or the study has no parameter spec (it
+                was not created by ``POST /optimize``).
         """
         loaded = self._load()
         self._fail_stale(loaded)
+        self._fail_if_timed_out(loaded)
         job = loaded.job
         if job is None or not loaded.space:
             raise ConflictError(
@@ -101,9 +111,14 @@ class StudyState:
                 "parameter spec to suggest from"
             )
         if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+            why = job.status.value
+            if job.error is not None:
+                why += f" ({job.error})"
             raise ConflictError(
-                f"job {job.job_id} of study '{self._name}' is {job.status.value}; no more "
-                "trials are suggested. Start a new study with POST /optimize."
+                f"job {job.job_id} of study '{self._name}' is {why}; no more trials are "
+                f"suggested. The results so far are kept (GET /studies/{self._name}/results) "
+                "and trials suggested earlier can still be evaluated. To continue, start a new "
+                "study with POST /optimize."
             )
         with self._reload_on_error():
             trial = loaded.study.ask(fixed_distributions=loaded.space)
@@ -134,9 +149,13 @@ class StudyState:
         Raises:
             NotFoundError: The study or the trial does not exist.
             ConflictError: The trial is already finished (complete, pruned or failed).
+
+        A trial suggested before the job ended (cancelled, or failed by its timeout) can still
+        be evaluated; the job keeps its status and its progress snapshot is refreshed.
         """
         loaded = self._load()
         self._fail_stale(loaded)
+        self._fail_if_timed_out(loaded)
         if trial_number >= len(loaded.db_trial_ids):
             raise NotFoundError(
                 f"study '{self._name}' has no trial {trial_number} "
@@ -170,7 +189,7 @@ class StudyState:
             self._write_end(loaded, frozen, fail_reason=None)
             del loaded.running[trial_number]
             loaded.last_told = utcnow()
-            self._complete_job_if_done(loaded)
+            self._update_job_after_tell(loaded)
         state = "PRUNED" if pruned else "COMPLETE"
         return EvaluationResponse(
             message=f"trial {trial_number} recorded as {state}",
@@ -184,6 +203,7 @@ class StudyState:
         """Every trial of the study and the best COMPLETE one (null best fields if none)."""
         loaded = self._load()
         self._fail_stale(loaded)
+        self._fail_if_timed_out(loaded)
         trials = loaded.study.get_trials(deepcopy=False)
         out = [_trial_out(t) for t in trials]
         best = _best(trials, loaded.study.direction)
@@ -202,6 +222,7 @@ class StudyState:
         """The job's progress (trials told out of ``n_trials``), None without a job."""
         loaded = self._load()
         self._fail_stale(loaded)
+        self._fail_if_timed_out(loaded)
         return self._progress(loaded)
 
     def cancel(self) -> JobRecord:
@@ -209,23 +230,30 @@ class StudyState:
 
         Raises:
             NotFoundError: The study has no job.
-            ConflictError: The job already completed or failed.
+            ConflictError: The job already completed or failed (also when its timeout elapsed
+                before this call).
         """
         loaded = self._load()
+        self._fail_if_timed_out(loaded)
         job = loaded.job
         if job is None:
             raise NotFoundError(f"study '{self._name}' has no job")
         if job.status is JobStatus.CANCELLED:
             return job
         if job.status in FINAL_STATUSES:
-            raise ConflictError(f"job {job.job_id} is already {job.status.value}")
+            because = f": {job.error}" if job.error is not None else ""
+            raise ConflictError(f"job {job.job_id} is already {job.status.value}{because}")
         self._save_job(loaded, with_status(job, JobStatus.CANCELLED))
         assert loaded.job is not None
         return loaded.job
 
     def delete(self) -> None:
-        """Deletes the study; an unfinished job is cancelled and keeps its last progress."""
+        """Deletes the study; an unfinished job is cancelled and keeps its last progress.
+
+        A job whose timeout elapsed before this call is failed (by the timeout), not cancelled.
+        """
         loaded = self._load()
+        self._fail_if_timed_out(loaded)
         job = loaded.job
         if job is not None:
             progress = self._progress(loaded)
@@ -372,17 +400,47 @@ class StudyState:
             updated_at=loaded.last_told,
         )
 
-    def _complete_job_if_done(self, loaded: _Loaded) -> None:
+    def _update_job_after_tell(self, loaded: _Loaded) -> None:
+        """Completes the job at ``n_trials`` told; refreshes a finished job's snapshot."""
         job = loaded.job
-        if job is None or job.status in FINAL_STATUSES:
+        if job is None:
             return
         progress = self._progress(loaded)
+        if job.status in FINAL_STATUSES:
+            # A late trial (suggested before the job ended): the status stays, but GET /jobs,
+            # which reads the stored snapshot, should count it.
+            if job.progress is not None:
+                self._save_job(loaded, replace(job, progress=progress))
+            return
         if progress is not None and progress.finished >= job.n_trials:
             done = with_status(job, JobStatus.COMPLETED)
             self._save_job(loaded, replace(done, progress=progress))
 
+    def _fail_if_timed_out(self, loaded: _Loaded) -> None:
+        """Marks a running job ``failed`` once its deadline has passed (see module docstring)."""
+        job = loaded.job
+        if job is None or job.status is not JobStatus.RUNNING:
+            return
+        deadline = job.deadline
+        if deadline is None or utcnow() < deadline:
+            return
+        progress = self._progress(loaded)
+        told = 0 if progress is None else progress.finished
+        error = (
+            f"timeout of {job.request.timeout:g} s was reached after {told} of "
+            f"{job.n_trials} trials were told"
+        )
+        failed = with_status(job, JobStatus.FAILED, error=error)
+        self._save_job(loaded, replace(failed, completed_at=deadline, progress=progress))
+        logger.warning("study '%s': job %s failed: %s", self._name, job.job_id, error)
+
     def _save_job(self, loaded: _Loaded, job: JobRecord) -> None:
-        JobStore(self._database().engine).update(job)
+        try:
+            JobStore(self._database().engine).update(job)
+        except ConflictError:
+            # The stored job already ended without this copy knowing: reload on the next call.
+            self._loaded = None
+            raise
         loaded.job = job
 
 

@@ -1,7 +1,8 @@
-"""Jobs follow the client: pending -> running -> completed, or cancelled; with progress."""
+"""Jobs follow the client: pending -> running -> completed, failed (timeout) or cancelled."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -116,3 +117,55 @@ def test_list_jobs_newest_first_with_limit(
     listed = client.get(f"{sqlite_app}/jobs", params={"limit": 2}).json()
     assert [job["job_id"] for job in listed] == ids[::-1][:2]
     assert client.get(f"{sqlite_app}/jobs", params={"limit": 0}).status_code == 422
+
+
+def test_timeout_fails_the_job_but_keeps_the_work_done_before_it(
+    sqlite_app: str, client: httpx.Client, ax_request: AxRequest, name: str
+) -> None:
+    body = ax_request(name, n_trials=5, timeout=2.0)
+    job_id = client.post(f"{sqlite_app}/optimize", json=body).json()["job_id"]
+    time.sleep(0.5)  # pending time does not count: the clock starts at the first suggest
+    started = time.monotonic()
+    first = client.post(f"{sqlite_app}/studies/{name}/suggest").json()["trial_number"]
+    running_by = time.monotonic()  # the job's clock started between `started` and now
+    client.post(
+        f"{sqlite_app}/studies/{name}/evaluate",
+        json={"study_name": name, "trial_number": first, "value": 0.4},
+    ).raise_for_status()
+    late = client.post(f"{sqlite_app}/studies/{name}/suggest").json()["trial_number"]
+    assert time.monotonic() - started < 2.0, "too slow to suggest before the 2 s timeout"
+    time.sleep(max(0.0, running_by + 2.3 - time.monotonic()))
+
+    error = "timeout of 2 s was reached after 1 of 5 trials were told"
+    listed = client.get(f"{sqlite_app}/jobs").json()
+    mine = next(job for job in listed if job["job_id"] == job_id)
+    assert (mine["status"], mine["error"]) == ("failed", error)
+
+    refused = client.post(f"{sqlite_app}/studies/{name}/suggest")
+    assert refused.status_code == 409
+    detail = refused.json()["detail"]
+    assert error in detail
+    assert f"GET /studies/{name}/results" in detail
+    assert "POST /optimize" in detail
+
+    told = client.post(
+        f"{sqlite_app}/studies/{name}/evaluate",
+        json={"study_name": name, "trial_number": late, "value": 0.9},
+    )
+    assert told.status_code == 200
+    results = client.get(f"{sqlite_app}/studies/{name}/results").json()
+    assert [(t["number"], t["state"]) for t in results["trials"]] == [
+        (first, "COMPLETE"),
+        (late, "COMPLETE"),
+    ]
+    assert results["best_value"] == 0.9
+
+    job = client.get(f"{sqlite_app}/jobs/{job_id}").json()
+    assert (job["status"], job["error"]) == ("failed", error)
+    assert job["completed_at"] is not None
+    assert job["progress"]["finished"] == 2
+    # A failed job stays failed.
+    cancelled = client.delete(f"{sqlite_app}/jobs/{job_id}")
+    assert cancelled.status_code == 409
+    assert error in cancelled.json()["detail"]
+    assert client.get(f"{sqlite_app}/jobs/{job_id}").json()["status"] == "failed"

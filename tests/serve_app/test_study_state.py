@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,7 @@ import pytest
 
 from serve_app.database import connect, utcnow
 from serve_app.errors import ConflictError, NotFoundError
-from serve_app.jobs import JobRecord
+from serve_app.jobs import JobRecord, JobStore
 from serve_app.models import JobStatus, OptimizationRequest
 from serve_app.settings import Settings
 from serve_app.studies import _create_study
@@ -111,3 +112,79 @@ def test_unknown_study_is_not_found(settings: Settings) -> None:
     connect(settings)
     with pytest.raises(NotFoundError, match="'nope' not found"):
         StudyState("nope", settings).suggest()
+
+
+def _job(settings: Settings, name: str) -> JobRecord:
+    job = JobStore(connect(settings).engine).for_study(name)
+    assert job is not None
+    return job
+
+
+def test_timeout_fails_the_job_but_earlier_trials_can_still_be_told(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)  # default stale-trial limit: 600 s
+    _create(settings, "s", n_trials=5, timeout=1.0)
+    state = StudyState("s", settings)
+    started = time.monotonic()
+    told = state.suggest()
+    running_by = time.monotonic()  # the job's clock started between `started` and now
+    state.evaluate(told.trial_number, 0.4, None)
+    late = state.suggest()
+    assert time.monotonic() - started < 1.0, "too slow to suggest before the 1 s timeout"
+    time.sleep(max(0.0, running_by + 1.1 - time.monotonic()))
+
+    with pytest.raises(ConflictError) as refused:
+        state.suggest()
+    message = str(refused.value)
+    assert "failed (timeout of 1 s was reached after 1 of 5 trials were told)" in message
+    assert "GET /studies/s/results" in message
+    assert "POST /optimize" in message
+    job = _job(settings, "s")
+    assert job.status is JobStatus.FAILED
+    assert job.error == "timeout of 1 s was reached after 1 of 5 trials were told"
+    assert job.started_at is not None
+    assert job.completed_at == job.started_at + timedelta(seconds=1.0)
+
+    # Work suggested before the deadline is not lost; the job stays failed.
+    assert state.evaluate(late.trial_number, 0.9, None).state == "COMPLETE"
+    results = state.results()
+    assert [t.state for t in results.trials] == ["COMPLETE", "COMPLETE"]
+    assert results.best_value == 0.9
+    job = _job(settings, "s")
+    assert job.status is JobStatus.FAILED
+    assert job.error == "timeout of 1 s was reached after 1 of 5 trials were told"
+    assert job.progress is not None and job.progress.finished == 2
+    with pytest.raises(ConflictError, match="already failed: timeout of 1 s"):
+        state.cancel()
+    # A new owner (e.g. after a host restart) reads the same final job from the database.
+    with pytest.raises(ConflictError, match="timeout of 1 s was reached"):
+        StudyState("s", settings).suggest()
+
+
+def test_timeout_counts_from_the_first_suggest_and_spares_a_finished_job(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    _create(settings, "s", n_trials=2, timeout=0.5)
+    state = StudyState("s", settings)
+    time.sleep(0.6)  # pending: the clock has not started
+    for value in (0.3, 0.6):
+        state.evaluate(state.suggest().trial_number, value, None)
+    assert _job(settings, "s").status is JobStatus.COMPLETED
+    time.sleep(0.6)
+    state.progress()
+    state.results()
+    job = _job(settings, "s")
+    assert job.status is JobStatus.COMPLETED
+    assert job.error is None
+
+
+def test_a_stale_owner_cannot_revive_a_cancelled_job(settings: Settings) -> None:
+    _create(settings, "s")
+    stale = StudyState("s", settings)
+    assert stale.progress() is not None  # loads the job while it is pending
+    StudyState("s", settings).cancel()
+    with pytest.raises(ConflictError, match="cannot become running"):
+        stale.suggest()
+    assert _job(settings, "s").status is JobStatus.CANCELLED
+    with pytest.raises(ConflictError, match="is cancelled; no more trials"):
+        stale.suggest()
