@@ -143,6 +143,7 @@ def build_record(
         "client_cpu_s": round(usage.cpu_s, 2),
         "peak_rss_mb": round(usage.peak_rss_mb, 1),
         "server": optimize_stats.get("server"),
+        "in_flight_by_second": optimize_stats.get("in_flight_by_second"),
     }
     if extra:
         record.update(extra)

@@ -53,7 +53,9 @@ def window_stats(records: Sequence[CallRecord], t0: float, t1: float) -> dict[st
     Returns:
         ``calls``, ``by_kind``, ``by_dialect``, ``by_phase`` (bootstrap/propose/search),
         ``peak_in_flight`` and ``mean_in_flight`` (time-average of calls in flight over the
-        window, counting each call from its arrival to its answer), and ``window_s``.
+        window, counting each call from its arrival to its answer), ``window_s`` and
+        ``in_flight_by_second`` (mean calls in flight in each second of the window: where the
+        pipe ran empty).
     """
     inside = [r for r in records if t0 <= r.start < t1]
     window = max(t1 - t0, 1e-9)
@@ -68,6 +70,13 @@ def window_stats(records: Sequence[CallRecord], t0: float, t1: float) -> dict[st
         else:
             phases["search"] += 1
     busy = sum(max(0.0, min(r.end, t1) - max(r.start, t0)) for r in inside)
+    buckets = [0.0] * max(1, int(window) + 1)
+    for r in inside:  # seconds of calls in flight within each second of the window
+        a, b = max(r.start, t0) - t0, min(r.end, t1) - t0
+        while a < b:
+            edge = min(b, int(a) + 1.0)
+            buckets[min(int(a), len(buckets) - 1)] += edge - a
+            a = edge
     return {
         "calls": len(inside),
         "by_kind": dict(Counter(r.kind for r in inside)),
@@ -76,4 +85,5 @@ def window_stats(records: Sequence[CallRecord], t0: float, t1: float) -> dict[st
         "peak_in_flight": _peak(inside, t0, t1),
         "mean_in_flight": busy / window,
         "window_s": window,
+        "in_flight_by_second": [round(x, 1) for x in buckets],
     }

@@ -1,10 +1,15 @@
-"""The async LM client: one chat completion per `LMRequest`, over the official ``openai`` SDK.
+"""The async LM client: one chat completion per `LMRequest`, over OpenAI's HTTP API.
 
 `LM.complete` does, in order: a cache lookup (a hit costs no HTTP call and no limiter slot);
-the per-client concurrency cap and the optional shared `Limiter`; the HTTP call with
-``max_retries=0`` in the SDK, because retries (exponential backoff with full jitter, honouring
-``Retry-After``) happen here, where they are counted in `Usage` and mapped to the typed
-`LMError` tree. The API key is read from the environment when the `LM` is created and is never
+the per-client concurrency cap and the optional shared `Limiter`; one ``POST
+{base_url}/chat/completions`` with ``httpx``. Retries (exponential backoff with full jitter,
+honouring ``Retry-After``) happen here, where they are counted in `Usage` and mapped to the
+typed `LMError` tree. The wire format is OpenAI's chat completions, which hosted providers and
+local servers (vLLM, llama.cpp, Ollama, ...) speak; the ``openai`` SDK is not used because its
+import alone costs about a second of CPU in every trial process and its response models a
+share of each call's CPU, which matters at high concurrency on few cores.
+
+The API key is read from the environment when the `LM` is created and is never
 part of `LMConfig`, a repr, a log line or `Usage`.
 """
 
@@ -22,16 +27,9 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
-import openai
-from openai.types.chat import (
-    ChatCompletion,
-    ChatCompletionAssistantMessageParam,
-    ChatCompletionMessageParam,
-    ChatCompletionSystemMessageParam,
-    ChatCompletionUserMessageParam,
-)
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from mipro_ray._cache import CACHE_FILE_NAME, ResponseCache, default_cache_dir
@@ -49,8 +47,6 @@ from mipro_ray.prompt import ChatMessage
 __all__ = ["LM", "LMCall", "LMConfig", "LMObserver", "LMRequest", "LMResponse", "Usage"]
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _NO_KEY_PLACEHOLDER = "no-key-required"
@@ -301,7 +297,7 @@ class _Secret:
 class _LoopState:
     """What must be created inside the event loop that uses it."""
 
-    client: openai.AsyncOpenAI
+    client: httpx.AsyncClient
     semaphore: asyncio.Semaphore
 
 
@@ -312,7 +308,7 @@ class _FormatRejected(Exception):
 class LM:
     """Async client for one `LMConfig`.
 
-    The ``openai.AsyncOpenAI`` client and the concurrency semaphore are created lazily in
+    The ``httpx.AsyncClient`` and the concurrency semaphore are created lazily in
     the running event loop (one per loop), so an `LM` built in one loop can be used in
     another. `LM` objects are not picklable; ship the `LMConfig` and build one per process.
 
@@ -372,7 +368,7 @@ class LM:
         """Closes the HTTP client of the running loop and the cache connection."""
         state = self._loops.pop(asyncio.get_running_loop(), None)
         if state is not None:
-            await state.client.close()
+            await state.client.aclose()
         if self._cache is not None:
             self._cache.close()
 
@@ -452,18 +448,20 @@ class LM:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
-            client = openai.AsyncOpenAI(
-                api_key=self._api_key.reveal(),
-                base_url=self.config.base_url,
+            base = self.config.base_url or _OPENAI_DEFAULT_BASE_URL
+            size = self.config.max_concurrency
+            client = httpx.AsyncClient(
+                base_url=base.rstrip("/") + "/",
+                headers={"Authorization": f"Bearer {self._api_key.reveal()}"},
                 timeout=self.config.timeout_s,
-                max_retries=0,
+                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
             )
             state = _LoopState(client, asyncio.Semaphore(self.config.max_concurrency))
             self._loops[loop] = state
         return state
 
     async def _with_retries(
-        self, client: openai.AsyncOpenAI, request: LMRequest, send_format: bool
+        self, client: httpx.AsyncClient, request: LMRequest, send_format: bool
     ) -> tuple[str, int, int]:
         """Runs attempts until success or a final error.
 
@@ -500,9 +498,9 @@ class LM:
             return result
 
     async def _attempt(
-        self, client: openai.AsyncOpenAI, request: LMRequest, *, send_format: bool
+        self, client: httpx.AsyncClient, request: LMRequest, *, send_format: bool
     ) -> tuple[str, int, int]:
-        """One HTTP attempt under the limiter; maps SDK failures to `LMError`."""
+        """One HTTP attempt under the limiter; maps failures to `LMError`."""
         estimate = _estimate_tokens(request)
         used = 0
         if self.limiter is not None:
@@ -518,79 +516,84 @@ class LM:
                 await self.limiter.release(used)
 
     async def _create(
-        self, client: openai.AsyncOpenAI, request: LMRequest, *, send_format: bool
+        self, client: httpx.AsyncClient, request: LMRequest, *, send_format: bool
     ) -> object:
+        """POSTs the request; returns the decoded JSON body of a 2xx answer."""
         model = self.config.model
-        extra_body: dict[str, object] = {}
+        body: dict[str, object] = {
+            "model": model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        }
+        for name, value in (
+            ("temperature", request.temperature),
+            ("top_p", request.top_p),
+            ("max_tokens", request.max_tokens),
+        ):
+            if value is not None:
+                body[name] = value
         if send_format and request.response_format is not None:
-            extra_body["response_format"] = request.response_format
+            body["response_format"] = request.response_format
         try:
-            return await client.chat.completions.create(
-                model=model,
-                messages=[_to_param(m) for m in request.messages],
-                temperature=_given(request.temperature),
-                top_p=_given(request.top_p),
-                max_tokens=_given(request.max_tokens),
-                extra_body=extra_body if extra_body else None,
-            )
-        except openai.APITimeoutError as exc:
+            answer = await client.post("chat/completions", json=body)
+            content = await answer.aread()
+        except httpx.TimeoutException as exc:
             raise LMTimeoutError(
                 f"{model} did not answer within {self.config.timeout_s} s", model=model
             ) from exc
-        except openai.APIConnectionError as exc:
+        except httpx.TransportError as exc:
             raise LMServerError(
-                f"cannot reach {self._endpoint()} for {model}: {exc.message}", model=model
+                f"cannot reach {self._endpoint()} for {model}: {exc!r}", model=model
             ) from exc
-        except openai.APIStatusError as exc:
-            if exc.status_code in (400, 422) and send_format and self._fallback_allowed(exc):
-                raise _FormatRejected from exc
-            raise self._status_error(exc) from exc
-        except json.JSONDecodeError as exc:
+        if answer.status_code >= 400:
+            if answer.status_code in (400, 422) and send_format and self._fallback_allowed(answer):
+                raise _FormatRejected
+            raise self._status_error(answer)
+        try:
+            return json.loads(content)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LMServerError(
-                f"{self._endpoint()} answered {model} with a body that is not valid JSON: {exc}",
+                f"{self._endpoint()} answered {model} with a body that is not valid JSON: "
+                f"{content[:200]!r} ({exc})",
                 model=model,
-                status=200,
+                status=answer.status_code,
             ) from exc
 
     def _read_completion(self, completion: object) -> tuple[str, int, int]:
         """Extracts (text, prompt_tokens, completion_tokens); a broken body is retryable."""
         model = self.config.model
-        if not isinstance(completion, ChatCompletion):
-            raise LMServerError(
-                f"{self._endpoint()} answered {model} with a non-JSON body: "
-                f"{str(completion)[:200]!r}",
-                model=model,
-                status=200,
-            )
         try:
-            choices = completion.choices
+            if not isinstance(completion, dict):
+                raise TypeError(f"the body is a JSON {type(completion).__name__}, not an object")
+            choices = completion.get("choices")
             if not choices:
                 raise LMServerError(
                     f"{self._endpoint()} answered {model} with no choices", model=model, status=200
                 )
-            content = choices[0].message.content
-            usage = completion.usage
-            prompt_tokens = int(usage.prompt_tokens) if usage is not None else 0
-            completion_tokens = int(usage.completion_tokens) if usage is not None else 0
-        except (AttributeError, TypeError, ValueError, IndexError) as exc:
+            content = choices[0]["message"].get("content")
+            if content is not None and not isinstance(content, str):
+                raise TypeError(f"message content is a {type(content).__name__}, not a string")
+            usage = completion.get("usage")
+            prompt_tokens = int(usage.get("prompt_tokens") or 0) if usage else 0
+            completion_tokens = int(usage.get("completion_tokens") or 0) if usage else 0
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
             raise LMServerError(
-                f"{self._endpoint()} answered {model} with a malformed completion: {exc}",
+                f"{self._endpoint()} answered {model} with a malformed completion: {exc!r}",
                 model=model,
                 status=200,
             ) from exc
-        if usage is None:
+        if not usage:
             logger.debug("LM %s: the endpoint reported no token usage", model)
         return (content if content is not None else ""), prompt_tokens, completion_tokens
 
-    def _fallback_allowed(self, exc: openai.APIStatusError) -> bool:
+    def _fallback_allowed(self, answer: httpx.Response) -> bool:
         if self.config.structured_output != "auto":
             return False
-        return _FORMAT_REJECTION.search(_error_text(exc)) is not None
+        return _FORMAT_REJECTION.search(_error_text(answer)) is not None
 
-    def _status_error(self, exc: openai.APIStatusError) -> LMError:
-        model, status = self.config.model, exc.status_code
-        detail = _error_text(exc)[:300]
-        retry_after = _retry_after(exc)
+    def _status_error(self, answer: httpx.Response) -> LMError:
+        model, status = self.config.model, answer.status_code
+        detail = _error_text(answer)[:300]
+        retry_after = _retry_after(answer)
         where = f"{self._endpoint()} answered {model} with HTTP {status}"
         if status == 429:
             return LMRateLimitError(
@@ -666,33 +669,23 @@ def _estimate_tokens(request: LMRequest) -> int:
     return chars // 4 + completion
 
 
-def _given(value: _T | None) -> _T | openai.Omit:
-    return value if value is not None else openai.omit
-
-
-def _to_param(message: ChatMessage) -> ChatCompletionMessageParam:
-    if message.role == "system":
-        return ChatCompletionSystemMessageParam(role="system", content=message.content)
-    if message.role == "user":
-        return ChatCompletionUserMessageParam(role="user", content=message.content)
-    return ChatCompletionAssistantMessageParam(role="assistant", content=message.content)
-
-
-def _error_text(exc: openai.APIStatusError) -> str:
+def _error_text(answer: httpx.Response) -> str:
     """The endpoint's error message (never headers)."""
-    body = exc.body
+    try:
+        body = answer.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return answer.text[:500] or answer.reason_phrase
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             param = err.get("param")
             return f"{err['message']} (param: {param})" if param is not None else err["message"]
-        return json.dumps(body)[:500]
-    return exc.message
+    return json.dumps(body)[:500]
 
 
-def _retry_after(exc: openai.APIStatusError) -> float | None:
+def _retry_after(answer: httpx.Response) -> float | None:
     """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    headers = exc.response.headers
+    headers = answer.headers
     millis = headers.get("retry-after-ms")
     if millis is not None:
         try:

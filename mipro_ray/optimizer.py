@@ -13,6 +13,7 @@ All LLM traffic goes through one cluster-wide limiter per endpoint (`mipro_ray.r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -20,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 import optuna
 import ray
@@ -30,6 +31,7 @@ from mipro_ray import telemetry
 from mipro_ray.bootstrap import DemoSets, bootstrap_demo_sets
 from mipro_ray.config import MiproSettings, ResolvedSettings
 from mipro_ray.errors import ConfigError, MiproError, StorageError
+from mipro_ray.limiter import Limiter, LocalLimiter
 from mipro_ray.lm import LM, LMConfig, Usage
 from mipro_ray.metrics import Metric, resolve_metric
 from mipro_ray.program import Program
@@ -39,7 +41,7 @@ from mipro_ray.propose import (
     propose_instructions,
     summarize_dataset,
 )
-from mipro_ray.ray_limiter import RayLimiter, get_limiter_actor
+from mipro_ray.ray_limiter import HandoverLimiter, RayLimiter, get_limiter_actor
 from mipro_ray.report import write_report
 from mipro_ray.rundir import RunDir
 from mipro_ray.search import (
@@ -57,6 +59,39 @@ from mipro_ray.signature import Example
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_Prepared = tuple[Candidates, dict[str, Usage], list[str]]
+_POLL_S = 0.2
+
+
+class _Background(Generic[_T]):
+    """Runs ``func`` in a thread; `join` returns its result or re-raises its exception."""
+
+    def __init__(self, func: Callable[[], _T]) -> None:
+        self._func = func
+        self._result: _T | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mipro-prepare", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._result = self._func()
+        except BaseException as exc:  # handed to join(), which re-raises it in the caller
+            self._error = exc
+
+    def join(self) -> _T:
+        while self._thread.is_alive():  # with a timeout, so Ctrl-C reaches the caller
+            self._thread.join(_POLL_S)
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def _wait(event: threading.Event) -> None:
+    while not event.wait(_POLL_S):  # with a timeout, so Ctrl-C reaches the caller
+        pass
+
 
 Phase = Literal[
     "queued", "bootstrapping", "proposing", "searching", "finished", "failed", "cancelled"
@@ -239,10 +274,37 @@ class MIPRO:
             projection.bootstrap, projection.propose, projection.search, projection.total,
             resolved.num_trials, resolved.num_candidates, len(val),
         )  # fmt: skip
-        self._ensure_ray()
         lm_configs = {self.student, self.teacher, self.proposer}
-        for config in lm_configs:
-            get_limiter_actor(config, wait=False)  # its process starts while Tune starts
+        prep: _Background[_Prepared] | None = None
+        if self._starts_local_cluster(lm_configs) and run_dir.read_json("candidates.json") is None:
+            # Bootstrap and propose while the new local cluster starts (seconds): until it
+            # runs, this driver is the endpoint's only client (see `HandoverLimiter`).
+            handover = {
+                c.endpoint_key(): HandoverLimiter(LocalLimiter(max_in_flight=c.max_concurrency))
+                for c in lm_configs
+            }
+            prep = _Background(
+                lambda: self._candidates(program, train, resolved, run_dir, handover)
+            )
+            try:
+                self._ensure_ray()
+                for config in lm_configs:
+                    # Immediate when nothing is held here (e.g. the preparation is done);
+                    # else the adoption's leases wait for the limiter actor to start.
+                    get_limiter_actor(config, wait=False)
+                    handover[config.endpoint_key()].hand_over(RayLimiter.for_config(config))
+                for limiter in handover.values():
+                    _wait(limiter.handed_over)
+            except BaseException:
+                for limiter in handover.values():  # let the preparation finish on its own
+                    limiter.handed_over.set()
+                with contextlib.suppress(BaseException):  # the first error is the one to raise
+                    prep.join()
+                raise
+        else:
+            self._ensure_ray()
+            for config in lm_configs:
+                get_limiter_actor(config, wait=False)  # its process starts while Tune starts
         plan = SearchPlan(
             num_trials=resolved.num_trials,
             full_eval_steps=s.full_eval_steps,
@@ -285,9 +347,14 @@ class MIPRO:
         if not self.cancel.is_set():
             search.start()
         try:
-            for config in lm_configs:
-                get_limiter_actor(config)  # compares the limits of an existing limiter
-            candidates, prep_usage, failures = self._candidates(program, train, resolved, run_dir)
+            if prep is not None:
+                candidates, prep_usage, failures = prep.join()
+            else:
+                for config in lm_configs:
+                    get_limiter_actor(config)  # compares the limits of an existing limiter
+                candidates, prep_usage, failures = self._candidates(
+                    program, train, resolved, run_dir, None
+                )
             usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get("propose", Usage())
             self._set_phase("searching", state)
             search.provide(candidates, usage_before=usage_before)
@@ -301,8 +368,13 @@ class MIPRO:
     # -- phases -----------------------------------------------------------------------------
 
     def _candidates(
-        self, program: Program, train: list[Example], resolved: ResolvedSettings, run_dir: RunDir
-    ) -> tuple[Candidates, dict[str, Usage], list[str]]:
+        self,
+        program: Program,
+        train: list[Example],
+        resolved: ResolvedSettings,
+        run_dir: RunDir,
+        handover: dict[str, HandoverLimiter] | None,
+    ) -> _Prepared:
         saved = run_dir.read_json("candidates.json")
         if isinstance(saved, dict):
             logger.info(
@@ -315,7 +387,13 @@ class MIPRO:
                 list(saved.get("failures", [])),
             )
         self._set_phase("bootstrapping", None)
-        demo_sets, instructions, usage = asyncio.run(self._prepare(program, train, resolved))
+        try:
+            demo_sets, instructions, usage = asyncio.run(
+                self._prepare(program, train, resolved, handover)
+            )
+        finally:
+            for limiter in (handover or {}).values():
+                limiter.close()
         candidates = Candidates(instructions=instructions.candidates, demo_sets=demo_sets.sets)
         run_dir.write_json(
             "candidates.json",
@@ -334,11 +412,15 @@ class MIPRO:
         return candidates, usage, list(instructions.failures)
 
     async def _prepare(
-        self, program: Program, train: list[Example], resolved: ResolvedSettings
+        self,
+        program: Program,
+        train: list[Example],
+        resolved: ResolvedSettings,
+        handover: dict[str, HandoverLimiter] | None,
     ) -> tuple[DemoSets, InstructionCandidates, dict[str, Usage]]:
         s = resolved.settings
-        teacher = self._lm(self.teacher)
-        proposer = self._lm(self.proposer)
+        teacher = self._lm(self.teacher, handover)
+        proposer = self._lm(self.proposer, handover)
         try:
             # The dataset summary and program description do not need the demos: draft them
             # while the teacher bootstraps, so the pipe stays full.
@@ -384,12 +466,13 @@ class MIPRO:
                 await proposer.aclose()
         return demo_sets, instructions, {"bootstrap": boot_usage, "propose": propose_usage}
 
-    def _lm(self, config: LMConfig) -> LM:
-        return LM(
-            config,
-            limiter=RayLimiter.for_config(config),
-            observer=telemetry.record_lm_call,
+    def _lm(self, config: LMConfig, handover: dict[str, HandoverLimiter] | None = None) -> LM:
+        limiter: Limiter = (
+            handover[config.endpoint_key()]
+            if handover is not None
+            else RayLimiter.for_config(config)
         )
+        return LM(config, limiter=limiter, observer=telemetry.record_lm_call)
 
     def _finish(
         self,
@@ -492,6 +575,27 @@ class MIPRO:
             logger.info("resuming the run in %s", run_dir.location)
             return
         run_dir.write_json("config.json", config)
+
+    def _starts_local_cluster(self, lm_configs: set[LMConfig]) -> bool:
+        """Whether `_ensure_ray` will start a new local cluster that no other driver uses.
+
+        Only then may the driver use an in-process limiter until the cluster's exists. Not
+        with requests- or tokens-per-minute limits (the window's history would not carry
+        over to the cluster limiter).
+        """
+        if ray.is_initialized() or any(c.rpm or c.tpm for c in lm_configs):
+            return False
+        if self.ray_address == "local":
+            return True
+        if self.ray_address is not None:
+            return False
+        try:  # how ray.init resolves a missing address: RAY_ADDRESS, then a running cluster
+            from ray._private.services import canonicalize_bootstrap_address
+
+            return canonicalize_bootstrap_address(None) is None  # type: ignore[arg-type]
+        except Exception:  # a private helper: if it changed, take the safe path
+            logger.debug("cannot tell whether ray.init starts a cluster", exc_info=True)
+            return False
 
     def _ensure_ray(self) -> None:
         if not ray.is_initialized():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 from collections import deque
@@ -22,7 +23,7 @@ import ray
 from ray.actor import ActorHandle
 
 from mipro_ray import telemetry
-from mipro_ray.limiter import LimiterStats, LocalLimiter
+from mipro_ray.limiter import Limiter, LimiterStats, LocalLimiter
 
 if TYPE_CHECKING:  # the actor's process needs no LM client (and its imports)
     from mipro_ray.lm import LMConfig
@@ -195,3 +196,113 @@ class RayLimiter:
         """The actor's counters."""
         stats: LimiterStats = await self._actor().stats.remote()
         return stats
+
+
+class HandoverLimiter:
+    """A `LocalLimiter` until the cluster's limiter exists, then that one (`RayLimiter`).
+
+    A run that starts its own local Ray cluster bootstraps and proposes while the cluster
+    starts (seconds on a small machine). Until then its driver is the endpoint's only client,
+    so an in-process limiter with the same cap holds the provider's limit. `hand_over` moves
+    the driver to the cluster limiter: first a lease is taken there for every slot still held
+    here (those calls are in flight), and only then is `handed_over` set; the caller waits for
+    it before any other process may use the cluster limiter, so the cap holds throughout.
+
+    `hand_over` may be called from any thread: the adoption runs on the event loop that uses
+    the limiter (at once when nothing is held).
+    Call `close` when the owning loop stops using the limiter.
+    """
+
+    def __init__(self, local: LocalLimiter) -> None:
+        """Args: local: the in-process limiter used until the hand-over."""
+        self._local = local
+        self._lock = threading.Lock()
+        self._next: Limiter | None = None
+        self._remote: Limiter | None = None
+        self._held_local = 0  # slots acquired from the local limiter, not yet released
+        self._adopted = 0  # cluster leases taken for them
+        self._adopting: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cleanup: set[asyncio.Task[None]] = set()
+        self.handed_over = threading.Event()
+
+    def hand_over(self, remote: Limiter) -> None:
+        """Switches to ``remote`` (thread-safe); `handed_over` is set once it took effect."""
+        with self._lock:
+            self._next = remote
+            if self._held_local == 0:
+                self._remote = remote
+                self.handed_over.set()
+                return
+            loop = self._loop
+        if loop is not None:  # adopt now, on the owner's loop, not at its next call
+            loop.call_soon_threadsafe(self._settle_soon)
+
+    def _settle_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle())
+        self._cleanup.add(task)
+        task.add_done_callback(self._cleanup.discard)
+
+    def close(self) -> None:
+        """The owner stopped using the limiter (nothing is held): a hand-over needs no more."""
+        self.handed_over.set()
+
+    async def acquire(self, tokens: int) -> None:
+        """A slot from the local limiter before the hand-over, from the cluster's after."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        await self._settle()
+        if self._remote is None:
+            await self._local.acquire(tokens)
+            with self._lock:
+                self._held_local += 1
+            try:
+                await self._settle()  # a hand-over while we waited: this slot is adopted too
+            except asyncio.CancelledError:
+                # Not granted after all: give the slot back (it may be adopted meanwhile).
+                task = asyncio.get_running_loop().create_task(self.release(0))
+                self._cleanup.add(task)
+                task.add_done_callback(self._cleanup.discard)
+                raise
+            return
+        await self._remote.acquire(tokens)
+
+    async def release(self, tokens: int) -> None:
+        """Returns a slot: a local one (and its cluster lease, once adopted) or a cluster one."""
+        await self._settle()
+        with self._lock:
+            local = self._held_local > 0
+            if local:
+                self._held_local -= 1
+                if self._remote is not None:
+                    self._adopted -= 1
+        if local:
+            await self._local.release(tokens)
+            if self._remote is not None:
+                await self._remote.release(0)
+            return
+        assert self._remote is not None, "release without a matching acquire"
+        await self._remote.release(tokens)
+
+    async def _settle(self) -> None:
+        """Takes a cluster lease per held local slot, then switches (on the owner's loop)."""
+        target = self._next
+        if target is None:
+            return
+        if self._adopting is None:
+            self._adopting = asyncio.Lock()
+        async with self._adopting:
+            while True:
+                with self._lock:
+                    gap = self._held_local - self._adopted
+                    if gap == 0 and self._remote is None:
+                        self._remote = target
+                        self.handed_over.set()
+                    if gap <= 0 and self._remote is not None:
+                        return
+                if gap > 0:  # a held slot without a lease (also one granted after the switch)
+                    await target.acquire(0)
+                    self._adopted += 1
+                else:  # a slot released while adopting, before the switch
+                    await target.release(0)
+                    self._adopted -= 1

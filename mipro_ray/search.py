@@ -7,9 +7,10 @@ kinds of trials in one Tune run, so the pipe to the LLM stays full throughout:
 - ``baseline``: the unoptimized program (candidate 0 everywhere) on the whole validation set;
   its score is added to the Optuna study as the first observation.
 - ``minibatch``: a TPE suggestion scored on a seeded random minibatch of the validation set.
-- ``full``: every ``full_eval_steps`` finished minibatch trials, and once at the end, the
-  configuration with the best mean minibatch score that has no full score yet is scored on the
-  whole validation set. Only full scores pick the returned program.
+- ``full``: every ``full_eval_steps`` finished minibatch trials, and at the end if minibatch
+  trials finished since the last one, the configuration with the best mean minibatch score
+  that has no full score yet is scored on the whole validation set. Only full scores pick the
+  returned program.
 
 `SearchRun` starts the Tune run in a background thread *before* the candidates exist: the
 baseline needs none, so it runs (and the trial actors start, which costs seconds of process
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
 from collections import deque
@@ -64,6 +66,7 @@ __all__ = [
     "baseline_choices",
     "baseline_params",
     "choices_for",
+    "covering_start",
     "minibatch_indices",
     "param_key",
     "run_search",
@@ -155,6 +158,56 @@ def search_space(
                 temperature_range[0], temperature_range[1]
             )
     return space
+
+
+def covering_start(
+    space: dict[str, optuna.distributions.BaseDistribution],
+    *,
+    baseline: Params,
+    max_points: int,
+    seed: int,
+) -> list[Params]:
+    """The first configurations to try: every candidate of every categorical variable once.
+
+    Point ``i`` takes, for each categorical variable, the ``i``-th entry of a seeded permutation
+    of its choices (repeated with fresh permutations for variables with fewer choices), and for
+    each float variable a seeded stratified value. With 6 instructions and 6 demo sets the first
+    6 trials try each instruction and each demo set once; TPE's own random start-up would miss a
+    given instruction in its first 10 trials about one time in six ((5/6)^10).
+    The baseline configuration (already scored on the whole validation set) is never repeated.
+
+    Args:
+        space: The search space (`search_space`).
+        baseline: The baseline's parameters (excluded).
+        max_points: At most this many points.
+        seed: Seeds the permutations.
+    """
+    sizes = [
+        len(d.choices)
+        for d in space.values()
+        if isinstance(d, optuna.distributions.CategoricalDistribution)
+    ]
+    n = min(max(sizes, default=0), max_points)
+    if n <= 0:
+        return []
+    rng = random.Random(seed)
+    for _ in range(100):
+        columns: dict[str, list[int | float]] = {}
+        for name, dist in space.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                column: list[int | float] = []
+                choices = [c for c in dist.choices if isinstance(c, int | float)]
+                while len(column) < n:
+                    column.extend(rng.sample(choices, len(choices)))
+                columns[name] = column[:n]
+            elif isinstance(dist, optuna.distributions.FloatDistribution):
+                strata = rng.sample(range(n), n)
+                width = (dist.high - dist.low) / n
+                columns[name] = [dist.low + (s + rng.random()) * width for s in strata]
+        points = [{name: column[i] for name, column in columns.items()} for i in range(n)]
+        if all(param_key(p) != param_key(baseline) for p in points):
+            return points
+    return [p for p in points if param_key(p) != param_key(baseline)]
 
 
 def choices_for(candidates: Candidates, params: Params) -> dict[str, PredictorChoice]:
@@ -414,12 +467,16 @@ class MiproSearcher(Searcher):
                 return "wait"
             self._asked_minibatch += 1
             return self._config("minibatch", {str(k): v for k, v in suggested.items()})
-        if self._live:
+        if any(c["kind"] != "full" for c in self._live.values()):
             return "wait"
         if not state.final_full_done:
+            # The final full evaluation (beside any running one) covers the minibatch trials
+            # that finished after the last every-`full_eval_steps` one, if there are such.
             state.final_full_done = True
-            if state.schedule_full_eval():
+            if state.minibatch_done() % state.plan.full_eval_steps and state.schedule_full_eval():
                 return self._config("full", state.pending_full.popleft())
+        if self._live:
+            return "wait"
         if state.stop_reason is None:
             state.stop_reason = f"completed {state.plan.num_trials} trials"
         return None
@@ -597,12 +654,19 @@ class _NoTBX(TBXLoggerCallback):
 
 
 def mark_abandoned_trials_failed(storage: optuna.storages.BaseStorage, study_name: str) -> int:
-    """Marks RUNNING trials left by a killed run as FAIL; returns how many."""
+    """Marks trials left by a killed run as FAIL; returns how many.
+
+    Those are RUNNING trials (asked, never told) and WAITING ones (enqueued start points never
+    asked: `SearchRun.provide` enqueues the start points that have no record again).
+    """
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return 0
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    running = study.get_trials(
+        deepcopy=False,
+        states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING),
+    )
     for t in running:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     return len(running)
@@ -655,10 +719,24 @@ class SearchRun:
         sampler = optuna.samplers.TPESampler(
             seed=self._spec.seed, multivariate=True, constant_liar=True
         )
+        space = search_space(candidates, self._temperature_range)
+        plan = self._state.plan
+        done = {param_key(r.params) for r in self._state.records if r.kind == "minibatch"}
+        start = [
+            point
+            for point in covering_start(
+                space,
+                baseline=plan.baseline,
+                max_points=max(1, plan.num_trials // 2),
+                seed=self._spec.seed,
+            )
+            if param_key(point) not in done
+        ]
         inner = OptunaSearch(
-            space=search_space(candidates, self._temperature_range),
+            space=space,
             metric="score",
             mode="max",
+            points_to_evaluate=start or None,
             sampler=sampler,
             study_name=self._study_name,
             storage=self._storage,

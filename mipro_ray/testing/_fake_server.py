@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible chat completions server on loopback, for tests and benchmarks.
 
 The server is real HTTP (aiohttp) running in a background thread with its own event loop, so
-the real client code (the ``openai`` SDK, retries, timeouts) runs against it. Faults are
+the real client code (HTTP, retries, timeouts) runs against it. Faults are
 injected deterministically from ``seed`` and the request index, and can be changed while the
 server runs with `FakeLLMServer.set_faults`.
 """

@@ -318,3 +318,63 @@ def test_cancel_stops_the_run_promptly(ray_address: str, tmp_path: Path) -> None
         assert server.requests == stopped_at, "LLM traffic went on after the cancellation"
     assert result.stop_reason == "cancelled"
     assert sum(1 for t in result.trials if t.kind == "minibatch") < 40
+
+
+_FRESH_CLUSTER_DRIVER = textwrap.dedent(
+    """
+    import sys, threading, time
+    import ray
+    from mipro_ray import MIPRO, LMConfig, MiproSettings, Pipeline
+    from mipro_ray.testing import LandscapeTask
+
+    def report_ray_up():
+        while not ray.is_initialized():
+            time.sleep(0.02)
+        print("RAY_UP", time.time(), flush=True)
+
+    threading.Thread(target=report_ray_up, daemon=True).start()
+    base_url, run_dir = sys.argv[1:3]
+    task = LandscapeTask()
+    lm = LMConfig(model="fake", base_url=base_url, api_key_env=None, cache=False,
+                  max_concurrency=6, timeout_s=5)
+    program = Pipeline.from_signatures(task.signature, instructions=["Label the item."])
+    settings = MiproSettings(num_candidates=3, num_trials=4, minibatch_size=10,
+                             max_concurrent_trials=2, seed=1)
+    result = MIPRO(student=lm, metric="exact_match", settings=settings, run_dir=run_dir,
+                   ray_address="local").compile(
+        program, trainset=task.examples(0, 30), valset=task.examples(100, 20))
+    print("STOP", result.stop_reason, flush=True)
+    """
+)
+
+
+def test_a_run_on_its_own_new_cluster_prepares_while_ray_starts_and_keeps_the_cap(
+    tmp_path: Path,
+) -> None:
+    """Bootstrapping starts before the new local cluster is up (seconds saved); the driver's
+    in-process limiter hands over to the cluster limiter without exceeding the cap."""
+    script = tmp_path / "driver.py"
+    script.write_text(_FRESH_CLUSTER_DRIVER)
+    arrivals: list[float] = []
+
+    def responder(request: FakeRequest) -> str:
+        arrivals.append(time.time())
+        return TASK(request)
+
+    with FakeLLMServer(responder=responder, latency_s=0.1, max_concurrency=6) as server:
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        run = subprocess.run(
+            [sys.executable, str(script), server.base_url, str(tmp_path / "run")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "STOP completed 4 trials" in run.stdout
+        assert 429 not in server.by_status, "the cap of 6 was exceeded"
+        assert server.peak_in_flight <= 6
+
+    ray_up = float(run.stdout.split("RAY_UP", 1)[1].split()[0])
+    early = sum(1 for t in arrivals if t < ray_up)
+    assert early > 0, "no LLM call was made while the cluster started"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 
 import pytest
 import ray
 
 from mipro_ray import LMConfig
-from mipro_ray.ray_limiter import RayLimiter, get_limiter_actor, limiter_name
+from mipro_ray.limiter import LocalLimiter
+from mipro_ray.ray_limiter import HandoverLimiter, RayLimiter, get_limiter_actor, limiter_name
 
 pytestmark = pytest.mark.ray
 
@@ -51,3 +53,45 @@ def test_a_dead_holder_loses_its_slot_after_the_lease_expires(ray_address: str) 
 
     asyncio.run(next_caller())  # admitted once the expired lease was reclaimed
     assert ray.get(actor.stats.remote()).total_acquired == 2
+
+
+def test_a_handover_to_the_cluster_limiter_keeps_the_cap_while_calls_are_in_flight(
+    ray_address: str,
+) -> None:
+    """The driver starts on an in-process limiter; at the hand-over its held slots become
+    cluster leases before other processes may use the cluster limiter."""
+    config = _config(4)
+    actor = get_limiter_actor(config)
+    handover = HandoverLimiter(LocalLimiter(max_in_flight=4))
+    held = 0
+    peak_held = 0
+
+    async def call(gate: asyncio.Event) -> None:
+        nonlocal held, peak_held
+        await handover.acquire(10)
+        held += 1
+        peak_held = max(peak_held, held)
+        await gate.wait()  # the first 4 hold their slots until the hand-over took effect
+        await asyncio.sleep(0.2)
+        held -= 1
+        await handover.release(10)
+
+    async def run() -> int:
+        gate = asyncio.Event()
+        calls = [asyncio.ensure_future(call(gate)) for _ in range(10)]
+        await asyncio.sleep(0.1)  # 4 calls hold local slots, 6 wait
+        threading.Thread(target=handover.hand_over, args=(RayLimiter.for_config(config),)).start()
+        assert await asyncio.to_thread(handover.handed_over.wait, 30)
+        adopted = ray.get(actor.stats.remote()).in_flight
+        gate.set()
+        others = [_hold.remote(limiter_name(config), 0.3) for _ in range(8)]
+        await asyncio.gather(*calls, *others)
+        return int(adopted)
+
+    adopted = asyncio.run(run())
+    stats = ray.get(actor.stats.remote())
+    assert adopted == 4  # every slot held at the switch got a cluster lease first
+    assert peak_held == 4
+    assert stats.peak_in_flight == 4, "the cap of 4 was exceeded across the hand-over"
+    assert stats.in_flight == 0
+    assert stats.total_acquired == 4 + 6 + 8  # adopted + the driver's later calls + others

@@ -9,7 +9,11 @@ from mipro_ray.search import (
     SearchState,
     TrialRecord,
     apply_params,
+    baseline_params,
+    covering_start,
     minibatch_indices,
+    param_key,
+    search_space,
 )
 
 
@@ -109,3 +113,27 @@ def test_apply_params_sets_instruction_demos_and_temperature() -> None:
         0.7,
     )
     assert program.named_predictors()["predict"].instruction == "original"  # a copy
+
+
+def test_covering_start_tries_every_instruction_and_demo_set_once_before_tpe() -> None:
+    space = search_space(
+        Candidates(
+            instructions={"a": [f"i{k}" for k in range(6)], "b": ["x", "y", "z"]},
+            demo_sets={"a": [[]] * 4, "b": [[]] * 2},
+        ),
+        (0.0, 1.5),
+    )
+    baseline = baseline_params(["a", "b"], temperature=0.7)
+    points = covering_start(space, baseline=baseline, max_points=10, seed=3)
+
+    assert len(points) == 6  # the largest number of choices
+    assert sorted(p["a__instruction"] for p in points) == list(range(6))
+    for name, size in (("a__demos", 4), ("b__instruction", 3), ("b__demos", 2)):
+        assert set(p[name] for p in points) == set(range(size))
+    temperatures = sorted(float(p["a__temperature"]) for p in points)
+    assert all(0.0 <= t <= 1.5 for t in temperatures)
+    assert [int(t // 0.25) for t in temperatures] == list(range(6))  # one per stratum
+    assert all(param_key(p) != param_key(baseline) for p in points)
+    assert points == covering_start(space, baseline=baseline, max_points=10, seed=3)
+    assert points != covering_start(space, baseline=baseline, max_points=10, seed=4)
+    assert len(covering_start(space, baseline=baseline, max_points=2, seed=3)) == 2
