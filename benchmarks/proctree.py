@@ -35,10 +35,19 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
     return ppid, cpu, rss
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:  # the process ended
+        return ""
+
+
 class ProcessTreeSampler:
     """Samples the tree rooted at ``root_pid`` (default: this process) in a background thread.
 
     Subtrees rooted at ``exclude_pids`` (e.g. a simulated LLM started as a child) are skipped.
+    Processes whose command line contains ``include_cmdline`` (e.g. an already running Ray
+    cluster's temp dir) are roots too, with their subtrees; their CPU is counted from the start.
 
     Attributes:
         peak_rss_mb: Largest sum of RSS over the tree seen in one sample.
@@ -51,9 +60,11 @@ class ProcessTreeSampler:
         *,
         root_pid: int | None = None,
         exclude_pids: frozenset[int] = frozenset(),
+        include_cmdline: str | None = None,
         interval_s: float = 0.25,
     ) -> None:
         self._root = root_pid if root_pid is not None else os.getpid()
+        self._include = include_cmdline
         self._exclude = exclude_pids
         self._interval = interval_s
         self._stop = threading.Event()
@@ -78,6 +89,8 @@ class ProcessTreeSampler:
                 parents[int(entry.name)] = got[0]
                 stats[int(entry.name)] = (got[1], got[2])
         tree = {self._root}
+        if self._include is not None:
+            tree |= {pid for pid in parents if self._include in _cmdline(pid)}
         grew = True
         while grew:
             grew = False
@@ -96,10 +109,8 @@ class ProcessTreeSampler:
             self._sample()
 
     def __enter__(self) -> Self:
-        root = _stat(self._root)
-        if root is not None:
-            self._cpu_at_start[self._root] = root[1]
         self._sample()
+        self._cpu_at_start = dict(self._cpu_last)  # what ran before the window is not counted
         self._thread = threading.Thread(target=self._loop, name="proctree", daemon=True)
         self._thread.start()
         return self

@@ -2,12 +2,13 @@
 
 `LM.complete` does, in order: a cache lookup (a hit costs no HTTP call and no limiter slot);
 the per-client concurrency cap and the optional shared `Limiter`; one ``POST
-{base_url}/chat/completions`` with ``httpx``. Retries (exponential backoff with full jitter,
+{base_url}/chat/completions`` with ``aiohttp``. Retries (exponential backoff with full jitter,
 honouring ``Retry-After``) happen here, where they are counted in `Usage` and mapped to the
 typed `LMError` tree. The wire format is OpenAI's chat completions, which hosted providers and
-local servers (vLLM, llama.cpp, Ollama, ...) speak; the ``openai`` SDK is not used because its
-import alone costs about a second of CPU in every trial process and its response models a
-share of each call's CPU, which matters at high concurrency on few cores.
+local servers (vLLM, llama.cpp, Ollama, ...) speak. Neither the ``openai`` SDK nor ``httpx``
+is used: the SDK's import alone costs about a second of CPU in every trial process, and
+httpx's connection pool checks every pooled connection on every request, which made the LM
+client the largest CPU cost of a trial at 64 calls in flight on a 2-core machine.
 
 The API key is read from the environment when the `LM` is created and is never
 part of `LMConfig`, a repr, a log line or `Usage`.
@@ -25,11 +26,11 @@ import random
 import re
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from mipro_ray._cache import CACHE_FILE_NAME, ResponseCache, default_cache_dir
@@ -49,6 +50,7 @@ __all__ = ["LM", "LMCall", "LMConfig", "LMObserver", "LMRequest", "LMResponse", 
 logger = logging.getLogger(__name__)
 
 _OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+_JSON = {"Content-Type": "application/json"}
 _NO_KEY_PLACEHOLDER = "no-key-required"
 _DEFAULT_COMPLETION_ESTIMATE = 256
 _SECONDS = re.compile(r"\d+(\.\d*)?")
@@ -297,8 +299,22 @@ class _Secret:
 class _LoopState:
     """What must be created inside the event loop that uses it."""
 
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     semaphore: asyncio.Semaphore
+    closer: AsyncGenerator[None, None]
+
+
+async def _close_at_loop_shutdown(client: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+    """Closes ``client`` when its event loop shuts down, if `LM.aclose` did not.
+
+    A started async generator is finalized by ``loop.shutdown_asyncgens()``, which
+    ``asyncio.run`` calls before closing the loop: so an `LM` used under ``asyncio.run`` without
+    ``aclose`` still closes its connections inside the loop (no "Unclosed client session").
+    """
+    try:
+        yield
+    finally:
+        await client.close()
 
 
 class _FormatRejected(Exception):
@@ -308,7 +324,7 @@ class _FormatRejected(Exception):
 class LM:
     """Async client for one `LMConfig`.
 
-    The ``httpx.AsyncClient`` and the concurrency semaphore are created lazily in
+    The ``aiohttp.ClientSession`` and the concurrency semaphore are created lazily in
     the running event loop (one per loop), so an `LM` built in one loop can be used in
     another. `LM` objects are not picklable; ship the `LMConfig` and build one per process.
 
@@ -343,6 +359,8 @@ class LM:
         self._structured: bool | None = True if config.structured_output == "json_schema" else None
         self._counters = _Counters()
         self._rng = random.Random()
+        base = config.base_url if config.base_url is not None else _OPENAI_DEFAULT_BASE_URL
+        self._url = base.rstrip("/") + "/chat/completions"
 
     def __repr__(self) -> str:
         return f"LM(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -368,7 +386,7 @@ class LM:
         """Closes the HTTP client of the running loop and the cache connection."""
         state = self._loops.pop(asyncio.get_running_loop(), None)
         if state is not None:
-            await state.client.aclose()
+            await state.closer.aclose()
         if self._cache is not None:
             self._cache.close()
 
@@ -384,7 +402,7 @@ class LM:
         hit = await self._cache_get(request, sent_format=send_format)
         if hit is not None:
             return self._serve_hit(hit, start)
-        state = self._loop_state()
+        state = await self._loop_state()
         async with state.semaphore:
             try:
                 try:
@@ -444,24 +462,24 @@ class LM:
             return False
         return self._structured is not False
 
-    def _loop_state(self) -> _LoopState:
+    async def _loop_state(self) -> _LoopState:
         loop = asyncio.get_running_loop()
         state = self._loops.get(loop)
         if state is None:
-            base = self.config.base_url or _OPENAI_DEFAULT_BASE_URL
-            size = self.config.max_concurrency
-            client = httpx.AsyncClient(
-                base_url=base.rstrip("/") + "/",
+            client = aiohttp.ClientSession(
                 headers={"Authorization": f"Bearer {self._api_key.reveal()}"},
-                timeout=self.config.timeout_s,
-                limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+                connector=aiohttp.TCPConnector(limit=self.config.max_concurrency),
+                raise_for_status=False,
             )
-            state = _LoopState(client, asyncio.Semaphore(self.config.max_concurrency))
+            closer = _close_at_loop_shutdown(client)
+            await anext(closer)
+            state = _LoopState(client, asyncio.Semaphore(self.config.max_concurrency), closer)
             self._loops[loop] = state
         return state
 
     async def _with_retries(
-        self, client: httpx.AsyncClient, request: LMRequest, send_format: bool
+        self, client: aiohttp.ClientSession, request: LMRequest, send_format: bool
     ) -> tuple[str, int, int]:
         """Runs attempts until success or a final error.
 
@@ -498,7 +516,7 @@ class LM:
             return result
 
     async def _attempt(
-        self, client: httpx.AsyncClient, request: LMRequest, *, send_format: bool
+        self, client: aiohttp.ClientSession, request: LMRequest, *, send_format: bool
     ) -> tuple[str, int, int]:
         """One HTTP attempt under the limiter; maps failures to `LMError`."""
         estimate = _estimate_tokens(request)
@@ -516,7 +534,7 @@ class LM:
                 await self.limiter.release(used)
 
     async def _create(
-        self, client: httpx.AsyncClient, request: LMRequest, *, send_format: bool
+        self, client: aiohttp.ClientSession, request: LMRequest, *, send_format: bool
     ) -> object:
         """POSTs the request; returns the decoded JSON body of a 2xx answer."""
         model = self.config.model
@@ -534,20 +552,21 @@ class LM:
         if send_format and request.response_format is not None:
             body["response_format"] = request.response_format
         try:
-            answer = await client.post("chat/completions", json=body)
-            content = await answer.aread()
-        except httpx.TimeoutException as exc:
+            async with client.post(self._url, data=json.dumps(body), headers=_JSON) as answer:
+                content = await answer.read()
+                reply = _Reply(answer.status, answer.reason or "", answer.headers, content)
+        except asyncio.TimeoutError as exc:
             raise LMTimeoutError(
                 f"{model} did not answer within {self.config.timeout_s} s", model=model
             ) from exc
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             raise LMServerError(
                 f"cannot reach {self._endpoint()} for {model}: {exc!r}", model=model
             ) from exc
-        if answer.status_code >= 400:
-            if answer.status_code in (400, 422) and send_format and self._fallback_allowed(answer):
+        if reply.status >= 400:
+            if reply.status in (400, 422) and send_format and self._fallback_allowed(reply):
                 raise _FormatRejected
-            raise self._status_error(answer)
+            raise self._status_error(reply)
         try:
             return json.loads(content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -555,7 +574,7 @@ class LM:
                 f"{self._endpoint()} answered {model} with a body that is not valid JSON: "
                 f"{content[:200]!r} ({exc})",
                 model=model,
-                status=answer.status_code,
+                status=reply.status,
             ) from exc
 
     def _read_completion(self, completion: object) -> tuple[str, int, int]:
@@ -585,13 +604,13 @@ class LM:
             logger.debug("LM %s: the endpoint reported no token usage", model)
         return (content if content is not None else ""), prompt_tokens, completion_tokens
 
-    def _fallback_allowed(self, answer: httpx.Response) -> bool:
+    def _fallback_allowed(self, answer: _Reply) -> bool:
         if self.config.structured_output != "auto":
             return False
         return _FORMAT_REJECTION.search(_error_text(answer)) is not None
 
-    def _status_error(self, answer: httpx.Response) -> LMError:
-        model, status = self.config.model, answer.status_code
+    def _status_error(self, answer: _Reply) -> LMError:
+        model, status = self.config.model, answer.status
         detail = _error_text(answer)[:300]
         retry_after = _retry_after(answer)
         where = f"{self._endpoint()} answered {model} with HTTP {status}"
@@ -669,12 +688,22 @@ def _estimate_tokens(request: LMRequest) -> int:
     return chars // 4 + completion
 
 
-def _error_text(answer: httpx.Response) -> str:
+@dataclass(frozen=True)
+class _Reply:
+    """What an error answer carried: status, headers and the body."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+def _error_text(answer: _Reply) -> str:
     """The endpoint's error message (never headers)."""
     try:
-        body = answer.json()
+        body = json.loads(answer.body)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return answer.text[:500] or answer.reason_phrase
+        return answer.body[:500].decode(errors="replace") or answer.reason
     if isinstance(body, dict):
         err = body.get("error", body)
         if isinstance(err, dict) and isinstance(err.get("message"), str):
@@ -683,7 +712,7 @@ def _error_text(answer: httpx.Response) -> str:
     return json.dumps(body)[:500]
 
 
-def _retry_after(answer: httpx.Response) -> float | None:
+def _retry_after(answer: _Reply) -> float | None:
     """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     headers = answer.headers
     millis = headers.get("retry-after-ms")

@@ -21,13 +21,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import optuna
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
 from mipro_ray import telemetry
+from mipro_ray._background import Background, wait_event
 from mipro_ray.bootstrap import DemoSets, bootstrap_demo_sets
 from mipro_ray.config import MiproSettings, ResolvedSettings
 from mipro_ray.errors import ConfigError, MiproError, StorageError
@@ -60,37 +61,6 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _Prepared = tuple[Candidates, dict[str, Usage], list[str]]
-_POLL_S = 0.2
-
-
-class _Background(Generic[_T]):
-    """Runs ``func`` in a thread; `join` returns its result or re-raises its exception."""
-
-    def __init__(self, func: Callable[[], _T]) -> None:
-        self._func = func
-        self._result: _T | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mipro-prepare", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self._result = self._func()
-        except BaseException as exc:  # handed to join(), which re-raises it in the caller
-            self._error = exc
-
-    def join(self) -> _T:
-        while self._thread.is_alive():  # with a timeout, so Ctrl-C reaches the caller
-            self._thread.join(_POLL_S)
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-
-def _wait(event: threading.Event) -> None:
-    while not event.wait(_POLL_S):  # with a timeout, so Ctrl-C reaches the caller
-        pass
 
 
 Phase = Literal[
@@ -275,7 +245,7 @@ class MIPRO:
             resolved.num_trials, resolved.num_candidates, len(val),
         )  # fmt: skip
         lm_configs = {self.student, self.teacher, self.proposer}
-        prep: _Background[_Prepared] | None = None
+        prep: Background[_Prepared] | None = None
         if self._starts_local_cluster(lm_configs) and run_dir.read_json("candidates.json") is None:
             # Bootstrap and propose while the new local cluster starts (seconds): until it
             # runs, this driver is the endpoint's only client (see `HandoverLimiter`).
@@ -283,8 +253,9 @@ class MIPRO:
                 c.endpoint_key(): HandoverLimiter(LocalLimiter(max_in_flight=c.max_concurrency))
                 for c in lm_configs
             }
-            prep = _Background(
-                lambda: self._candidates(program, train, resolved, run_dir, handover)
+            prep = Background(
+                lambda: self._candidates(program, train, resolved, run_dir, handover),
+                name="mipro-prepare",
             )
             try:
                 self._ensure_ray()
@@ -294,7 +265,7 @@ class MIPRO:
                     get_limiter_actor(config, wait=False)
                     handover[config.endpoint_key()].hand_over(RayLimiter.for_config(config))
                 for limiter in handover.values():
-                    _wait(limiter.handed_over)
+                    wait_event(limiter.handed_over)
             except BaseException:
                 for limiter in handover.values():  # let the preparation finish on its own
                     limiter.handed_over.set()

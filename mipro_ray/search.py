@@ -41,6 +41,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from mipro_ray._background import Background
 from mipro_ray.lm import Usage
 from mipro_ray.program import Program
 from mipro_ray.signature import Example
@@ -79,7 +80,6 @@ TrialKind = Literal["baseline", "minibatch", "full"]
 Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
-_JOIN_POLL_S = 0.5
 
 
 class Candidates(BaseModel):
@@ -703,13 +703,11 @@ class SearchRun:
             baseline=baseline_choices(spec.program),
             baseline_shards=min(max_concurrent_trials, len(spec.valset)),
         )
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._run: Background[None] | None = None
 
     def start(self) -> None:
         """Starts the Tune run in a daemon thread."""
-        self._thread = threading.Thread(target=self._run, name="mipro-search", daemon=True)
-        self._thread.start()
+        self._run = Background(self._fit, name="mipro-search")
 
     def provide(self, candidates: Candidates, *, usage_before: Usage) -> None:
         """Hands over the candidates (and the usage of the phases that made them)."""
@@ -750,19 +748,8 @@ class SearchRun:
 
     def join(self) -> None:
         """Waits for the search to end; re-raises an exception of the Tune run."""
-        thread = self._thread
-        if thread is not None:
-            # join with a timeout so a KeyboardInterrupt reaches the caller promptly
-            while thread.is_alive():
-                thread.join(_JOIN_POLL_S)
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        try:
-            self._fit()
-        except BaseException as exc:  # handed to join(), which re-raises it in the caller
-            self._error = exc
+        if self._run is not None:
+            self._run.join()
 
     def _fit(self) -> None:
         trainable = tune.with_resources(
