@@ -25,6 +25,7 @@ finished trials are not rerun.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -41,6 +42,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from mipro_ray import telemetry
 from mipro_ray._background import Background
 from mipro_ray.lm import Usage
 from mipro_ray.program import Program
@@ -50,6 +52,7 @@ from mipro_ray.trial import (
     TrialOutcome,
     TrialSpec,
     apply_choices,
+    evaluate_config,
     minibatch_indices,
     run_trial,
 )
@@ -77,6 +80,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TrialKind = Literal["baseline", "minibatch", "full"]
+_CLAIMED_BASELINE = "baseline scored by the driver"
 Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
@@ -401,6 +405,24 @@ class MiproSearcher(Searcher):
         self._live: dict[str, dict[str, object]] = {}
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
+
+    def claim_baseline(self) -> dict[str, object] | None:
+        """Takes the baseline away from the trial actors: the caller scores it and hands the
+        outcome to `finish_baseline`. Returns its config (with its trial number), or None when
+        it is done or already issued. Until it finishes, the search does not end."""
+        with self._lock:
+            if self._state.baseline_done() or self._shards_issued > 0:
+                return None
+            self._shards, self._shards_issued = 1, 1
+            config = self._config("baseline", self._state.plan.baseline)
+            config["number"] = self._baseline_number = self._next_number
+            self._next_number += 1
+            self._live[_CLAIMED_BASELINE] = config
+            return config
+
+    def finish_baseline(self, outcome: TrialOutcome) -> None:
+        """Records the outcome of the baseline taken with `claim_baseline`."""
+        self.on_trial_complete(_CLAIMED_BASELINE, outcome.model_dump(), error=False)
 
     def provide(self, candidates: Candidates, inner: OptunaSearch) -> None:
         """Hands over the candidates and the TPE searcher: minibatch trials may begin."""
@@ -741,6 +763,37 @@ class SearchRun:
         )
         self._state.usage_before = usage_before
         self._searcher.provide(candidates, inner)
+
+    def claim_baseline(self) -> dict[str, object] | None:
+        """Takes the baseline from the trial actors, to `score_baseline` here; before `start`.
+
+        Worth it when nothing else would use the LLM while the trial actors start (the
+        candidates exist already): the baseline's calls then overlap the actors' start-up.
+        """
+        return self._searcher.claim_baseline()
+
+    def score_baseline(self, config: dict[str, object]) -> None:
+        """Scores a claimed baseline in this process and records it like a trial."""
+        telemetry.trial_started("baseline")
+        try:
+            outcome = asyncio.run(evaluate_config(config, self._spec))
+        except Exception as exc:  # recorded as a failed trial with its reason, like a crash
+            logger.warning("the baseline evaluation raised %r", exc)
+            outcome = TrialOutcome(
+                score=0.0,
+                failed=True,
+                error=f"the baseline evaluation raised {exc!r}",
+                n_examples=0,
+                calls=0,
+                cache_hits=0,
+                http_requests=0,
+                prompt_tokens=0,
+                completion_tokens=0,
+                cost_usd=0.0,
+                duration_s=0.0,
+            )
+        telemetry.trial_ended("baseline", failed=outcome.failed)
+        self._searcher.finish_baseline(outcome)
 
     def abort(self, reason: str) -> None:
         """Stops the search and its running trials."""

@@ -119,6 +119,11 @@ def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
     tune.report(outcome.model_dump())
 
 
+async def evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+    """Scores one trial configuration (what `run_trial` does, also usable on the driver)."""
+    return await _evaluate_config(config, spec)
+
+
 async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
     start = time.perf_counter()
     raw = config["program"]

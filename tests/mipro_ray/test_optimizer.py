@@ -344,6 +344,9 @@ _FRESH_CLUSTER_DRIVER = textwrap.dedent(
                    ray_address="local").compile(
         program, trainset=task.examples(0, 30), valset=task.examples(100, 20))
     print("STOP", result.stop_reason, flush=True)
+    baselines = [t for t in result.trials if t.kind == "baseline"]
+    print("BASELINES", len(baselines), baselines[0].n_examples, baselines[0].number,
+          result.baseline_score, flush=True)
     """
 )
 
@@ -378,3 +381,8 @@ def test_a_run_on_its_own_new_cluster_prepares_while_ray_starts_and_keeps_the_ca
     ray_up = float(run.stdout.split("RAY_UP", 1)[1].split()[0])
     early = sum(1 for t in arrivals if t < ray_up)
     assert early > 0, "no LLM call was made while the cluster started"
+    # One baseline over the whole validation set, as trial 0, with a score (the driver scores
+    # it while the trial actors start when the candidates are ready by then).
+    count, n_examples, number, score = run.stdout.split("BASELINES", 1)[1].split()[:4]
+    assert (count, n_examples, number) == ("1", "20", "0")
+    assert 0.0 <= float(score) <= 1.0
