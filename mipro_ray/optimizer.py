@@ -13,7 +13,6 @@ All LLM traffic goes through one cluster-wide limiter per endpoint (`mipro_ray.r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import random
@@ -267,10 +266,9 @@ class MIPRO:
                 for limiter in handover.values():
                     wait_event(limiter.handed_over)
             except BaseException:
-                for limiter in handover.values():  # let the preparation finish on its own
-                    limiter.handed_over.set()
-                with contextlib.suppress(BaseException):  # the first error is the one to raise
-                    prep.join()
+                # Raise at once (the preparation may take minutes); its daemon thread ends on
+                # its own, on the in-process limiter.
+                logger.warning("the cluster did not start; the preparation thread is left to end")
                 raise
         else:
             self._ensure_ray()
