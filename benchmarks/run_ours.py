@@ -68,9 +68,7 @@ def _optimize(
 ) -> object:
     """Runs ``MIPRO(...).compile`` (Ray start-up included); returns its ``MiproResult``.
 
-    ``max_concurrent_trials`` is ``ceil(cap / minibatch) + 1``: enough trials to fill the cap
-    while one of them drains its last examples, and no more trial actors (each costs seconds
-    of start-up CPU) than that.
+    ``max_concurrent_trials`` is left to its default, ``ceil(cap / minibatch) + 1``.
     """
     from mipro_ray.config import MiproSettings
     from mipro_ray.optimizer import MIPRO, RunEvent
@@ -83,7 +81,6 @@ def _optimize(
         full_eval_steps=workload.full_eval_steps,
         max_bootstrapped_demos=workload.max_bootstrapped_demos,
         max_labeled_demos=workload.max_labeled_demos,
-        max_concurrent_trials=max(1, -(-scenario.cap // workload.minibatch_size) + 1),
         seed=workload.seed,
     )
     student = _student(scenario, endpoint)

@@ -81,7 +81,8 @@ class MiproSettings(BaseModel):
         minibatch_size: Validation examples scored per trial.
         full_eval_steps: Full-validation evaluation of the best config every this many trials.
         max_val_size: Validation examples used (a seeded sample when the set is larger).
-        max_concurrent_trials: Trial actors running at once.
+        max_concurrent_trials: Trial actors running at once (default: enough to fill the
+            student's ``max_concurrency``, see `trial_actors`).
         trial_concurrency: Examples in flight within one trial (default: minibatch size).
         temperature_range: Also search each predictor's temperature in this range.
         proposal_temperature: Sampling temperature of instruction proposals.
@@ -101,7 +102,7 @@ class MiproSettings(BaseModel):
     minibatch_size: int = Field(default=35, ge=1)
     full_eval_steps: int = Field(default=5, ge=1)
     max_val_size: int | None = Field(default=None, ge=1)
-    max_concurrent_trials: int = Field(default=4, ge=1, le=256)
+    max_concurrent_trials: int | None = Field(default=None, ge=1, le=256)
     trial_concurrency: int | None = Field(default=None, ge=1)
     temperature_range: tuple[float, float] | None = None
     proposal_temperature: float = Field(default=1.0, ge=0.0, le=2.0)
@@ -122,6 +123,15 @@ class MiproSettings(BaseModel):
             if not 0.0 <= low < high <= 2.0:
                 raise ValueError("temperature_range must satisfy 0 <= low < high <= 2")
         return self
+
+    def trial_actors(self, student_max_concurrency: int) -> int:
+        """`max_concurrent_trials`, or by default enough trials to keep the student's cap full
+        while one of them drains its last examples: ``ceil(cap / per-trial concurrency) + 1``,
+        at most 8 (each trial actor is a process that takes seconds to start)."""
+        if self.max_concurrent_trials is not None:
+            return self.max_concurrent_trials
+        per_trial = self.trial_concurrency or self.minibatch_size
+        return min(8, -(-student_max_concurrency // per_trial) + 1)
 
     def resolve(self, *, num_predictors: int) -> ResolvedSettings:
         """Fixes every number for a program with ``num_predictors`` predictors."""

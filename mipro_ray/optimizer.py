@@ -308,7 +308,7 @@ class MIPRO:
             storage=self._storage(run_dir),
             study_name=_study_name(run_dir),
             temperature_range=s.temperature_range,
-            max_concurrent_trials=s.max_concurrent_trials,
+            max_concurrent_trials=s.trial_actors(self.student.max_concurrency),
             tune_dir=_tune_dir(run_dir),
         )
         # The search starts now: its trial actors start and the baseline (which needs no

@@ -49,3 +49,11 @@ def test_temperature_range_is_checked(bad: tuple[float, float]) -> None:
 def test_unknown_settings_are_refused() -> None:
     with pytest.raises(ValidationError, match="num_trails"):
         MiproSettings.model_validate({"num_trails": 3})
+
+
+def test_trial_actors_default_to_just_enough_to_fill_the_students_cap() -> None:
+    assert MiproSettings().trial_actors(16) == 2  # minibatch 35: one trial fills 16, one more
+    assert MiproSettings(minibatch_size=25).trial_actors(64) == 4
+    assert MiproSettings(trial_concurrency=8).trial_actors(64) == 8  # 9, capped at 8
+    assert MiproSettings(trial_concurrency=10).trial_actors(20) == 3
+    assert MiproSettings(max_concurrent_trials=5).trial_actors(16) == 5
