@@ -265,6 +265,8 @@ class MIPRO:
                     handover[config.endpoint_key()].hand_over(RayLimiter.for_config(config))
                 for limiter in handover.values():
                     wait_event(limiter.handed_over)
+                    if limiter.error is not None:
+                        raise limiter.error
             except BaseException:
                 # Raise at once (the preparation may take minutes); its daemon thread ends on
                 # its own, on the in-process limiter.

@@ -209,7 +209,8 @@ class HandoverLimiter:
     it before any other process may use the cluster limiter, so the cap holds throughout.
 
     `hand_over` may be called from any thread: the adoption runs on the event loop that uses
-    the limiter (at once when nothing is held).
+    the limiter (at once when nothing is held). If it fails (the cluster limiter is
+    unreachable), `error` holds why and `handed_over` is set: the waiter must raise it.
     Call `close` when the owning loop stops using the limiter.
     """
 
@@ -225,6 +226,7 @@ class HandoverLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cleanup: set[asyncio.Task[None]] = set()
         self.handed_over = threading.Event()
+        self.error: BaseException | None = None
 
     def hand_over(self, remote: Limiter) -> None:
         """Switches to ``remote`` (thread-safe); `handed_over` is set once it took effect."""
@@ -241,7 +243,13 @@ class HandoverLimiter:
     def _settle_soon(self) -> None:
         task = asyncio.get_running_loop().create_task(self._settle())
         self._cleanup.add(task)
-        task.add_done_callback(self._cleanup.discard)
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._cleanup.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.error = task.exception()  # the waiter of `handed_over` raises it
+            self.handed_over.set()
 
     def close(self) -> None:
         """The owner stopped using the limiter (nothing is held): a hand-over needs no more."""

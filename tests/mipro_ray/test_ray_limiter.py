@@ -95,3 +95,23 @@ def test_a_handover_to_the_cluster_limiter_keeps_the_cap_while_calls_are_in_flig
     assert stats.peak_in_flight == 4, "the cap of 4 was exceeded across the hand-over"
     assert stats.in_flight == 0
     assert stats.total_acquired == 4 + 6 + 8  # adopted + the driver's later calls + others
+
+
+def test_a_hand_over_that_cannot_reach_the_cluster_limiter_reports_why() -> None:
+    class Unreachable:
+        async def acquire(self, tokens: int) -> None:
+            raise RuntimeError("limiter actor unreachable")
+
+        async def release(self, tokens: int) -> None:
+            raise AssertionError("nothing was acquired")
+
+    handover = HandoverLimiter(LocalLimiter(max_in_flight=2))
+
+    async def run() -> None:
+        await handover.acquire(1)  # a call in flight: its slot must be adopted
+        await asyncio.to_thread(handover.hand_over, Unreachable())
+        assert await asyncio.to_thread(handover.handed_over.wait, 10), "the waiter would hang"
+
+    asyncio.run(run())
+    assert isinstance(handover.error, RuntimeError)
+    assert "unreachable" in str(handover.error)
