@@ -25,7 +25,6 @@ finished trials are not rerun.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
@@ -52,9 +51,9 @@ from mipro_ray.trial import (
     TrialOutcome,
     TrialSpec,
     apply_choices,
-    evaluate_config,
     minibatch_indices,
     run_trial,
+    score_config,
 )
 
 __all__ = [
@@ -774,11 +773,11 @@ class SearchRun:
 
     def score_baseline(self, config: dict[str, object]) -> None:
         """Scores a claimed baseline in this process and records it like a trial."""
-        telemetry.trial_started("baseline")
         try:
-            outcome = asyncio.run(evaluate_config(config, self._spec))
+            outcome = score_config(config, self._spec)
         except Exception as exc:  # recorded as a failed trial with its reason, like a crash
             logger.warning("the baseline evaluation raised %r", exc)
+            telemetry.trial_ended("baseline", failed=True)
             outcome = TrialOutcome(
                 score=0.0,
                 failed=True,
@@ -792,7 +791,6 @@ class SearchRun:
                 cost_usd=0.0,
                 duration_s=0.0,
             )
-        telemetry.trial_ended("baseline", failed=outcome.failed)
         self._searcher.finish_baseline(outcome)
 
     def abort(self, reason: str) -> None:

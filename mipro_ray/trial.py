@@ -35,6 +35,7 @@ __all__ = [
     "apply_choices",
     "minibatch_indices",
     "run_trial",
+    "score_config",
 ]
 
 
@@ -113,15 +114,15 @@ def apply_choices(program: Program, choices: Mapping[str, PredictorChoice]) -> P
 
 def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
     """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`."""
+    tune.report(score_config(config, spec).model_dump())
+
+
+def score_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+    """Scores one trial configuration in this process (a trial actor, or the driver)."""
     telemetry.trial_started(str(config["kind"]))
     outcome = asyncio.run(_evaluate_config(config, spec))
     telemetry.trial_ended(str(config["kind"]), failed=outcome.failed)
-    tune.report(outcome.model_dump())
-
-
-async def evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
-    """Scores one trial configuration (what `run_trial` does, also usable on the driver)."""
-    return await _evaluate_config(config, spec)
+    return outcome
 
 
 async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:

@@ -101,9 +101,7 @@ class StudyState:
                 the message carries the job's error), or the study has no parameter spec (it
                 was not created by ``POST /optimize``).
         """
-        loaded = self._load()
-        self._fail_stale(loaded)
-        self._fail_if_timed_out(loaded)
+        loaded = self._load_checked()
         job = loaded.job
         if job is None or not loaded.space:
             raise ConflictError(
@@ -153,9 +151,7 @@ class StudyState:
         A trial suggested before the job ended (cancelled, or failed by its timeout) can still
         be evaluated; the job keeps its status and its progress snapshot is refreshed.
         """
-        loaded = self._load()
-        self._fail_stale(loaded)
-        self._fail_if_timed_out(loaded)
+        loaded = self._load_checked()
         if trial_number >= len(loaded.db_trial_ids):
             raise NotFoundError(
                 f"study '{self._name}' has no trial {trial_number} "
@@ -201,9 +197,7 @@ class StudyState:
 
     def results(self) -> OptimizationResult:
         """Every trial of the study and the best COMPLETE one (null best fields if none)."""
-        loaded = self._load()
-        self._fail_stale(loaded)
-        self._fail_if_timed_out(loaded)
+        loaded = self._load_checked()
         trials = loaded.study.get_trials(deepcopy=False)
         out = [_trial_out(t) for t in trials]
         best = _best(trials, loaded.study.direction)
@@ -220,9 +214,7 @@ class StudyState:
 
     def progress(self) -> Progress | None:
         """The job's progress (trials told out of ``n_trials``), None without a job."""
-        loaded = self._load()
-        self._fail_stale(loaded)
-        self._fail_if_timed_out(loaded)
+        loaded = self._load_checked()
         return self._progress(loaded)
 
     def cancel(self) -> JobRecord:
@@ -240,9 +232,7 @@ class StudyState:
             raise NotFoundError(f"study '{self._name}' has no job")
         if job.status is JobStatus.CANCELLED:
             return job
-        if job.status in FINAL_STATUSES:
-            because = f": {job.error}" if job.error is not None else ""
-            raise ConflictError(f"job {job.job_id} is already {job.status.value}{because}")
+        # with_status refuses (409) a job that already completed or failed
         self._save_job(loaded, with_status(job, JobStatus.CANCELLED))
         assert loaded.job is not None
         return loaded.job
@@ -277,6 +267,13 @@ class StudyState:
         if self._db is None:
             self._db = connect(self._settings)
         return self._db
+
+    def _load_checked(self) -> _Loaded:
+        """`_load`, then the lazy checks every client call runs: stale trials, the timeout."""
+        loaded = self._load()
+        self._fail_stale(loaded)
+        self._fail_if_timed_out(loaded)
+        return loaded
 
     def _load(self) -> _Loaded:
         if self._loaded is not None:
