@@ -386,11 +386,14 @@ class MiproSearcher(Searcher):
         state: SearchState,
         baseline: dict[str, PredictorChoice],
         baseline_shards: int = 1,
+        model: str = "",
     ) -> None:
         """Args: state: bookkeeping; baseline: the unoptimized program's configuration;
-        baseline_shards: trials the baseline is split into (the number of trial actors)."""
+        baseline_shards: trials the baseline is split into (the number of trial actors);
+        model: the student's model name, the label of the trials' LM calls in telemetry."""
         super().__init__(metric="score", mode="max")
         self._state = state
+        self._model = model
         self._baseline = {k: v.model_dump(mode="json") for k, v in baseline.items()}
         self._shards = max(1, baseline_shards)
         self._shards_issued = 0
@@ -417,7 +420,8 @@ class MiproSearcher(Searcher):
             config["number"] = self._baseline_number = self._next_number
             self._next_number += 1
             self._live[_CLAIMED_BASELINE] = config
-            return config
+        telemetry.trial_started("baseline")
+        return config
 
     def finish_baseline(self, outcome: TrialOutcome) -> None:
         """Records the outcome of the baseline taken with `claim_baseline`."""
@@ -459,7 +463,8 @@ class MiproSearcher(Searcher):
                 if config["kind"] == "baseline":
                     self._baseline_number = self._next_number - 1
             self._live[trial_id] = config
-            return config
+        telemetry.trial_started(str(config["kind"]))
+        return config
 
     def _config(self, kind: TrialKind, params: Params) -> dict[str, object]:
         if kind == "baseline":
@@ -505,7 +510,7 @@ class MiproSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, object] | None = None, error: bool = False
     ) -> None:
-        """Records the trial and tells Optuna (FAIL for failed trials)."""
+        """Records the trial (and its telemetry) and tells Optuna (FAIL for failed trials)."""
         with self._lock:
             config = self._live.pop(trial_id, None)
             if config is None:
@@ -516,6 +521,7 @@ class MiproSearcher(Searcher):
             assert isinstance(number, int)
             params = _params_of(config)
             failed = error or result is None or bool(result.get("failed"))
+            self._record_telemetry(kind, result, failed)
             reason: str | None = None
             if failed:
                 reason = (
@@ -535,6 +541,22 @@ class MiproSearcher(Searcher):
                     if self._inner is not None:
                         self._add_baseline_point(self._baseline_score)
             self._state.add(_record(number, kind, params, result, failed, reason))
+
+    def _record_telemetry(self, kind: str, result: dict[str, object] | None, failed: bool) -> None:
+        """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`)."""
+        telemetry.trial_ended(kind, failed=failed)
+        if result is None:
+            return  # a crashed actor's calls are lost with it (the limiter still counted them)
+        latencies, error_kinds = result.get("latencies_s"), result.get("error_kinds")
+        telemetry.record_lm_calls(
+            self._model,
+            calls=_int(result.get("calls")),
+            cache_hits=_int(result.get("cache_hits")),
+            prompt_tokens=_int(result.get("prompt_tokens")),
+            completion_tokens=_int(result.get("completion_tokens")),
+            latencies_s=[_float(x) for x in latencies] if isinstance(latencies, list) else [],
+            error_kinds=[str(x) for x in error_kinds] if isinstance(error_kinds, list) else [],
+        )
 
     def _add_baseline_point(self, score: float) -> None:
         assert self._inner is not None
@@ -723,6 +745,7 @@ class SearchRun:
             state=state,
             baseline=baseline_choices(spec.program),
             baseline_shards=min(max_concurrent_trials, len(spec.valset)),
+            model=spec.lm.model,
         )
         self._run: Background[None] | None = None
 
@@ -777,7 +800,6 @@ class SearchRun:
             outcome = score_config(config, self._spec)
         except Exception as exc:  # recorded as a failed trial with its reason, like a crash
             logger.warning("the baseline evaluation raised %r", exc)
-            telemetry.trial_ended("baseline", failed=True)
             outcome = TrialOutcome(
                 score=0.0,
                 failed=True,

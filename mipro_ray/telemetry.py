@@ -6,26 +6,31 @@ names with ``ray_``:
 
 | metric | type | tags | recorded by |
 |---|---|---|---|
-| ``mipro_llm_calls`` | counter | model, cached | every LM call (trial actors, job drivers) |
+| ``mipro_llm_calls`` | counter | model, cached | every LM call (see below) |
 | ``mipro_llm_errors`` | counter | model, kind | LM calls that finally failed |
 | ``mipro_llm_tokens`` | counter | model, type (prompt/completion) | network answers |
 | ``mipro_llm_latency_seconds`` | histogram | model | every answered call |
-| ``mipro_trials_started`` | counter | kind | trial actors |
-| ``mipro_trials_finished`` | counter | kind | trials that scored |
-| ``mipro_trials_failed`` | counter | kind | trials over their error budget |
+| ``mipro_trials_started`` | counter | kind | the run's driver, as it hands a trial out |
+| ``mipro_trials_finished`` | counter | kind | the driver, for trials that scored |
+| ``mipro_trials_failed`` | counter | kind | the driver, for failed or crashed trials |
 | ``mipro_best_score`` | gauge | run, kind (full/minibatch) | the run's driver |
 | ``mipro_limiter_waiting`` | gauge | limiter | the endpoint's limiter actor |
 | ``mipro_limiter_in_flight`` | gauge | limiter | the endpoint's limiter actor |
 
 Outside a Ray worker or driver (``ray.is_initialized()`` is false) recording is a no-op, so the
 LM core keeps working without a cluster. Ray pushes a process's metrics to its node every few
-seconds: values recorded by a process that exits right after may not reach Prometheus.
+seconds, and a process that is killed loses what it recorded since its last push. Tune kills
+its trial actors at the end of a run, so trial actors record nothing themselves: each trial
+reports its LM calls in its outcome, and the run's driver, which outlives them, records them
+(`record_lm_calls`). The driver records its own calls (bootstrap, proposals) as they happen.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import ray
@@ -108,20 +113,55 @@ def _get() -> _Metrics | None:
 
 def record_lm_call(call: LMCall) -> None:
     """Records one LM call; pass it as ``LM(config, observer=record_lm_call)``."""
+    if call.error_kind is not None:
+        record_lm_calls(call.model, error_kinds=[call.error_kind])
+        return
+    record_lm_calls(
+        call.model,
+        calls=1,
+        cache_hits=1 if call.cached else 0,
+        prompt_tokens=call.prompt_tokens,
+        completion_tokens=call.completion_tokens,
+        latencies_s=[call.latency_s],
+    )
+
+
+def record_lm_calls(
+    model: str,
+    *,
+    calls: int = 0,
+    cache_hits: int = 0,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    latencies_s: Sequence[float] = (),
+    error_kinds: Sequence[str] = (),
+) -> None:
+    """Records LM calls made elsewhere (by a trial, reported in its outcome).
+
+    Args:
+        model: The config's model name.
+        calls: Answered calls, cache hits included.
+        cache_hits: Of those, answered from the cache (they carry no tokens).
+        prompt_tokens: Prompt tokens of the network answers.
+        completion_tokens: Completion tokens of the network answers.
+        latencies_s: The wall time of each answered call.
+        error_kinds: The `LMError.kind` of each call that finally failed.
+    """
     m = _get()
     if m is None:
         return
-    model = call.model
-    if call.error_kind is not None:
-        m.llm_errors.inc(1.0, {"model": model, "kind": call.error_kind})
-        return
-    m.llm_calls.inc(1.0, {"model": model, "cached": "true" if call.cached else "false"})
-    m.llm_latency.observe(call.latency_s, {"model": model})
-    if not call.cached:
-        if call.prompt_tokens:
-            m.llm_tokens.inc(float(call.prompt_tokens), {"model": model, "type": "prompt"})
-        if call.completion_tokens:
-            m.llm_tokens.inc(float(call.completion_tokens), {"model": model, "type": "completion"})
+    if calls > cache_hits:
+        m.llm_calls.inc(float(calls - cache_hits), {"model": model, "cached": "false"})
+    if cache_hits:
+        m.llm_calls.inc(float(cache_hits), {"model": model, "cached": "true"})
+    for latency in latencies_s:
+        m.llm_latency.observe(latency, {"model": model})
+    if prompt_tokens:
+        m.llm_tokens.inc(float(prompt_tokens), {"model": model, "type": "prompt"})
+    if completion_tokens:
+        m.llm_tokens.inc(float(completion_tokens), {"model": model, "type": "completion"})
+    for kind, count in collections.Counter(error_kinds).items():
+        m.llm_errors.inc(float(count), {"model": model, "kind": kind})
 
 
 def trial_started(kind: str) -> None:

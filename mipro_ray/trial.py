@@ -16,13 +16,12 @@ import random
 import time
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
 
-from mipro_ray import telemetry
 from mipro_ray.errors import EvaluationError
 from mipro_ray.evaluate import evaluate
-from mipro_ray.lm import LM, LMConfig
+from mipro_ray.lm import LM, LMCall, LMConfig
 from mipro_ray.metrics import Metric
 from mipro_ray.program import ModelSettings, Program
 from mipro_ray.ray_limiter import RayLimiter
@@ -70,7 +69,13 @@ class TrialSpec(BaseModel):
 
 
 class TrialOutcome(BaseModel):
-    """What a trial reports to Tune."""
+    """What a trial reports to Tune.
+
+    ``latencies_s`` (one per answered LM call) and ``error_kinds`` (one per call that finally
+    failed) let the run's driver record the trial's LM calls in `mipro_ray.telemetry`: a trial
+    actor's own metrics may never be exported (Tune kills the actors at the end of a run).
+    Both are flat lists, which survive Tune's flattening of results.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -85,6 +90,8 @@ class TrialOutcome(BaseModel):
     completion_tokens: int
     cost_usd: float
     duration_s: float
+    latencies_s: list[float] = Field(default_factory=list)
+    error_kinds: list[str] = Field(default_factory=list)
 
 
 def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
@@ -118,11 +125,11 @@ def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
 
 
 def score_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
-    """Scores one trial configuration in this process (a trial actor, or the driver)."""
-    telemetry.trial_started(str(config["kind"]))
-    outcome = asyncio.run(_evaluate_config(config, spec))
-    telemetry.trial_ended(str(config["kind"]), failed=outcome.failed)
-    return outcome
+    """Scores one trial configuration in this process (a trial actor, or the driver).
+
+    Records no telemetry: the driver records the outcome's trial and LM calls.
+    """
+    return asyncio.run(_evaluate_config(config, spec))
 
 
 async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
@@ -145,11 +152,16 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
         if isinstance(shard, int) and isinstance(shards, int):  # a slice of the baseline
             examples = examples[shard::shards]
     program = apply_choices(spec.program, choices)
-    lm = LM(
-        spec.lm,
-        limiter=RayLimiter.for_config(spec.lm),
-        observer=telemetry.record_lm_call,
-    )
+    latencies: list[float] = []
+    error_kinds: list[str] = []
+
+    def observe(call: LMCall) -> None:
+        if call.error_kind is None:
+            latencies.append(call.latency_s)
+        else:
+            error_kinds.append(call.error_kind)
+
+    lm = LM(spec.lm, limiter=RayLimiter.for_config(spec.lm), observer=observe)
     score, failed, error = 0.0, False, None
     try:
         result = await evaluate(
@@ -178,4 +190,6 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
         completion_tokens=usage.completion_tokens,
         cost_usd=usage.cost_usd,
         duration_s=time.perf_counter() - start,
+        latencies_s=latencies,
+        error_kinds=error_kinds,
     )
