@@ -314,12 +314,8 @@ class MIPRO:
             tune_dir=_tune_dir(run_dir),
         )
         # The search starts now: its trial actors start and the baseline (which needs no
-        # candidates) is scored while demos are bootstrapped and instructions proposed. If they
-        # are ready already (prepared while a new cluster started), minibatch trials start at
-        # once and this driver scores the baseline while the trial actors start.
-        baseline = None
-        if prep is not None and prep.done() and not self.cancel.is_set():
-            baseline = search.claim_baseline()
+        # candidates) is scored while demos are bootstrapped and instructions proposed; until
+        # the first trial actor runs, this driver scores trials itself.
         if not self.cancel.is_set():
             search.start()
         try:
@@ -334,8 +330,6 @@ class MIPRO:
             usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get("propose", Usage())
             self._set_phase("searching", state)
             search.provide(candidates, usage_before=usage_before)
-            if baseline is not None:
-                search.score_baseline(baseline)
         except BaseException as exc:
             search.abort(f"stopped: the optimizer failed before the search ({exc!r})")
             search.join()

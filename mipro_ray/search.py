@@ -15,7 +15,10 @@ kinds of trials in one Tune run, so the pipe to the LLM stays full throughout:
 `SearchRun` starts the Tune run in a background thread *before* the candidates exist: the
 baseline needs none, so it runs (and the trial actors start, which costs seconds of process
 start-up and imports) while the optimizer still bootstraps demos and proposes instructions.
-Minibatch trials begin once `SearchRun.provide` hands over the candidates.
+Minibatch trials begin once `SearchRun.provide` hands over the candidates. Until the first
+trial actor has started, the driver's lanes (one per trial actor) also take minibatch and full
+trials and score them in the driver process, so the LLM is busy while the actors' processes
+start (seconds each on a small machine); the actors take over from the first one that runs.
 
 A trial whose evaluation exceeds its error budget is reported as failed with its reason and told
 to Optuna as FAIL, never as a score. Records of every finished trial go to a callback as they
@@ -25,6 +28,8 @@ finished trials are not rerun.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import math
 import random
@@ -79,7 +84,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TrialKind = Literal["baseline", "minibatch", "full"]
-_CLAIMED_BASELINE = "baseline scored by the driver"
+_WAIT = "wait"
 Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
@@ -377,7 +382,10 @@ class MiproSearcher(Searcher):
     record: that starts every trial actor at once, at the beginning. (Tune prefers a cached
     actor to one still starting and kills the latter, so actors started one at a time later,
     while short trials finish on the first actor, would be started and killed over and over.)
-    `provide` is called from another thread than Tune's, hence the lock.
+
+    Until the first trial actor has started, the driver's lanes (`SearchRun`) also `claim`
+    trials and score them in the driver, so the LLM is busy while the actors' processes start.
+    `provide` and the lanes call from other threads than Tune's, hence the lock.
     """
 
     def __init__(
@@ -405,27 +413,30 @@ class MiproSearcher(Searcher):
         self._space_keys: set[str] = set()
         self._baseline_score: float | None = None
         self._live: dict[str, dict[str, object]] = {}
+        self._changed = threading.Condition(self._lock)
+        self._actor_started = threading.Event()
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
 
-    def claim_baseline(self) -> dict[str, object] | None:
-        """Takes the baseline away from the trial actors: the caller scores it and hands the
-        outcome to `finish_baseline`. Returns its config (with its trial number), or None when
-        it is done or already issued. Until it finishes, the search does not end."""
-        with self._lock:
-            if self._state.baseline_done() or self._shards_issued > 0:
-                return None
-            self._shards, self._shards_issued = 1, 1
-            config = self._config("baseline", self._state.plan.baseline)
-            config["number"] = self._baseline_number = self._next_number
-            self._next_number += 1
-            self._live[_CLAIMED_BASELINE] = config
-        telemetry.trial_started("baseline")
-        return config
+    def claim(self, trial_id: str) -> dict[str, object] | str:
+        """A trial for the driver to score itself, while no trial actor has started.
 
-    def finish_baseline(self, outcome: TrialOutcome) -> None:
-        """Records the outcome of the baseline taken with `claim_baseline`."""
-        self.on_trial_complete(_CLAIMED_BASELINE, outcome.model_dump(), error=False)
+        Returns its config (`on_trial_complete` it with ``trial_id``), ``"wait"`` (ask again
+        after `wait_for_change`), or ``Searcher.FINISHED``: the search is over, or a trial actor
+        has started and the actors take over.
+        """
+        if self._actor_started.is_set():
+            return Searcher.FINISHED
+        return self._hand_out(trial_id, lane=True)
+
+    def note_actor_started(self) -> None:
+        """A Tune trial actor started: the driver's lanes claim no more trials."""
+        self._actor_started.set()
+
+    def wait_for_change(self, timeout_s: float) -> None:
+        """Waits until a trial finishes or the candidates arrive (or ``timeout_s`` passes)."""
+        with self._changed:
+            self._changed.wait(timeout_s)
 
     def provide(self, candidates: Candidates, inner: OptunaSearch) -> None:
         """Hands over the candidates and the TPE searcher: minibatch trials may begin."""
@@ -435,6 +446,7 @@ class MiproSearcher(Searcher):
             self._space_keys = set(inner._space) if isinstance(inner._space, dict) else set()
             if self._baseline_score is not None:
                 self._add_baseline_point(self._baseline_score)
+            self._changed.notify_all()
 
     def set_search_properties(
         self, metric: str | None, mode: str | None, config: dict[str, object], **spec: object
@@ -444,17 +456,23 @@ class MiproSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, object] | None:
         """Returns the next trial's config, None to wait, or FINISHED."""
+        config = self._hand_out(trial_id)
+        return None if config == _WAIT else config  # type: ignore[return-value]
+
+    def _hand_out(self, trial_id: str, *, lane: bool = False) -> dict[str, object] | str:
+        """The next trial's config (numbered and live), `_WAIT`, or FINISHED. The baseline's
+        shards go to Tune only (not to a ``lane``): they start the trial actors."""
         with self._lock:
             state = self._state
             if state.cancel.is_set():
                 state._stop("cancelled", hard=True)
             if state.hard_stop:
-                return Searcher.FINISHED  # type: ignore[return-value]
-            config = self._next(trial_id)
+                return Searcher.FINISHED
+            config = self._next(trial_id, lane=lane)
             if config is None:
-                return None if self._live else Searcher.FINISHED  # type: ignore[return-value]
-            if isinstance(config, str):  # "wait": ask again when a trial finishes
-                return None
+                return _WAIT if self._live else Searcher.FINISHED
+            if isinstance(config, str):  # ask again when a trial finishes
+                return _WAIT
             if config["kind"] == "baseline" and self._baseline_number is not None:
                 config["number"] = self._baseline_number  # a further shard of the baseline
             else:
@@ -475,26 +493,26 @@ class MiproSearcher(Searcher):
             program = {k: v.model_dump(mode="json") for k, v in choices.items()}
         return {"kind": kind, "params": dict(params), "program": program}
 
-    def _next(self, trial_id: str) -> dict[str, object] | str | None:
+    def _next(self, trial_id: str, *, lane: bool) -> dict[str, object] | str | None:
         state = self._state
-        if not state.baseline_done() and self._shards_issued < self._shards:
+        if not state.baseline_done() and self._shards_issued < self._shards and not lane:
             config = self._config("baseline", state.plan.baseline)
             config["shard"] = self._shards_issued
             config["shards"] = self._shards
             self._shards_issued += 1
             return config
         if self._inner is None:
-            return "wait"  # the candidates are still being prepared
+            return _WAIT  # the candidates are still being prepared
         if state.pending_full:
             return self._config("full", state.pending_full.popleft())
         if state.stop_reason is None and self._asked_minibatch < state.plan.num_trials:
             suggested = self._inner.suggest(trial_id)
             if not isinstance(suggested, dict):
-                return "wait"
+                return _WAIT
             self._asked_minibatch += 1
             return self._config("minibatch", {str(k): v for k, v in suggested.items()})
         if any(c["kind"] != "full" for c in self._live.values()):
-            return "wait"
+            return _WAIT
         if not state.final_full_done:
             # The final full evaluation (beside any running one) covers the minibatch trials
             # that finished after the last every-`full_eval_steps` one, if there are such.
@@ -502,7 +520,7 @@ class MiproSearcher(Searcher):
             if state.minibatch_done() % state.plan.full_eval_steps and state.schedule_full_eval():
                 return self._config("full", state.pending_full.popleft())
         if self._live:
-            return "wait"
+            return _WAIT
         if state.stop_reason is None:
             state.stop_reason = f"completed {state.plan.num_trials} trials"
         return None
@@ -541,6 +559,7 @@ class MiproSearcher(Searcher):
                     if self._inner is not None:
                         self._add_baseline_point(self._baseline_score)
             self._state.add(_record(number, kind, params, result, failed, reason))
+            self._changed.notify_all()
 
     def _record_telemetry(self, kind: str, result: dict[str, object] | None, failed: bool) -> None:
         """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`)."""
@@ -651,6 +670,20 @@ class _StopAll(tune.Stopper):
         return self._state.hard_stop
 
 
+class _ActorStarted(tune.Callback):
+    """Tells the searcher when the first trial actor has started (its lanes stop claiming)."""
+
+    def __init__(self, searcher: MiproSearcher) -> None:
+        self._searcher: MiproSearcher | None = searcher
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_searcher": None}  # see MiproSearcher.__getstate__
+
+    def on_trial_start(self, iteration: int, trials: object, trial: object, **info: object) -> None:
+        if self._searcher is not None:
+            self._searcher.note_actor_started()
+
+
 class _NoCSV(CSVLoggerCallback):
     """Stands in for Tune's default CSV logger, so Tune does not add it: the run directory's
     records replace Tune's per-trial logs, which cost driver CPU at every result."""
@@ -748,10 +781,15 @@ class SearchRun:
             model=spec.lm.model,
         )
         self._run: Background[None] | None = None
+        self._lanes: list[Background[None]] = []
 
     def start(self) -> None:
-        """Starts the Tune run in a daemon thread."""
+        """Starts the Tune run and the driver's lanes in daemon threads."""
         self._run = Background(self._fit, name="mipro-search")
+        self._lanes = [
+            Background(functools.partial(self._lane, i), name=f"mipro-lane-{i}")
+            for i in range(self._max_concurrent_trials)
+        ]
 
     def provide(self, candidates: Candidates, *, usage_before: Usage) -> None:
         """Hands over the candidates (and the usage of the phases that made them)."""
@@ -786,43 +824,45 @@ class SearchRun:
         self._state.usage_before = usage_before
         self._searcher.provide(candidates, inner)
 
-    def claim_baseline(self) -> dict[str, object] | None:
-        """Takes the baseline from the trial actors, to `score_baseline` here; before `start`.
-
-        Worth it when nothing else would use the LLM while the trial actors start (the
-        candidates exist already): the baseline's calls then overlap the actors' start-up.
-        """
-        return self._searcher.claim_baseline()
-
-    def score_baseline(self, config: dict[str, object]) -> None:
-        """Scores a claimed baseline in this process and records it like a trial."""
-        try:
-            outcome = score_config(config, self._spec)
-        except Exception as exc:  # recorded as a failed trial with its reason, like a crash
-            logger.warning("the baseline evaluation raised %r", exc)
-            outcome = TrialOutcome(
-                score=0.0,
-                failed=True,
-                error=f"the baseline evaluation raised {exc!r}",
-                n_examples=0,
-                calls=0,
-                cache_hits=0,
-                http_requests=0,
-                prompt_tokens=0,
-                completion_tokens=0,
-                cost_usd=0.0,
-                duration_s=0.0,
-            )
-        self._searcher.finish_baseline(outcome)
+    def _lane(self, lane: int) -> None:
+        """Scores trials in this process until a trial actor has started (see `MiproSearcher`)."""
+        for n in itertools.count():
+            trial_id = f"driver-{lane}-{n}"
+            config = self._searcher.claim(trial_id)
+            if config == Searcher.FINISHED:
+                return
+            if not isinstance(config, dict):  # wait for a finished trial or the candidates
+                self._searcher.wait_for_change(0.5)
+                continue
+            try:
+                outcome = score_config(config, self._spec)
+            except Exception as exc:  # recorded as a failed trial with its reason, like a crash
+                logger.warning("a trial scored in the driver raised %r", exc)
+                outcome = TrialOutcome(
+                    score=0.0,
+                    failed=True,
+                    error=f"the trial raised {exc!r}",
+                    n_examples=0,
+                    calls=0,
+                    cache_hits=0,
+                    http_requests=0,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    cost_usd=0.0,
+                    duration_s=0.0,
+                )
+            self._searcher.on_trial_complete(trial_id, outcome.model_dump())
 
     def abort(self, reason: str) -> None:
         """Stops the search and its running trials."""
         self._state.abort(reason)
 
     def join(self) -> None:
-        """Waits for the search to end; re-raises an exception of the Tune run."""
+        """Waits for the search to end; re-raises an exception of the Tune run or a lane."""
         if self._run is not None:
             self._run.join()
+        for lane in self._lanes:
+            lane.join()
 
     def _fit(self) -> None:
         trainable = tune.with_resources(
@@ -847,7 +887,12 @@ class SearchRun:
                 name=self._study_name,
                 storage_path=self._tune_dir,
                 stop=_StopAll(self._state),
-                callbacks=[_NoCSV(), _NoJSON(), _NoTBX()],  # type: ignore[no-untyped-call]
+                callbacks=[
+                    _NoCSV(),  # type: ignore[no-untyped-call]
+                    _NoJSON(),  # type: ignore[no-untyped-call]
+                    _NoTBX(),
+                    _ActorStarted(self._searcher),
+                ],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
                 log_to_file=True,

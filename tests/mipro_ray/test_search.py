@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
 from mipro_ray import Pipeline, Usage
 from mipro_ray.search import (
     Candidates,
+    MiproSearcher,
     SearchPlan,
     SearchState,
+    TrialOutcome,
     TrialRecord,
     apply_params,
+    baseline_choices,
     baseline_params,
     covering_start,
     minibatch_indices,
@@ -137,3 +143,66 @@ def test_covering_start_tries_every_instruction_and_demo_set_once_before_tpe() -
     assert points == covering_start(space, baseline=baseline, max_points=10, seed=3)
     assert points != covering_start(space, baseline=baseline, max_points=10, seed=4)
     assert len(covering_start(space, baseline=baseline, max_points=2, seed=3)) == 2
+
+
+def _searcher_with_candidates() -> tuple[MiproSearcher, SearchState]:
+    program = Pipeline.from_signatures("question -> answer", instructions=["Answer."])
+    (name,) = program.named_predictors()
+    plan = SearchPlan(
+        num_trials=4, full_eval_steps=2, baseline={f"{name}__instruction": 0, f"{name}__demos": 0}
+    )
+    state = _state(plan)
+    searcher = MiproSearcher(
+        state=state, baseline=baseline_choices(program), baseline_shards=2, model="m"
+    )
+    return searcher, state
+
+
+def test_driver_lanes_take_minibatch_trials_until_a_trial_actor_starts() -> None:
+    searcher, state = _searcher_with_candidates()
+    (name,) = {k.split("__")[0] for k in state.plan.baseline}
+    # Before the candidates exist a lane waits, and the baseline's shards are Tune's only:
+    # they are what starts the trial actors.
+    assert searcher.claim("driver-0-0") == "wait"
+    shards = [searcher.suggest("tune-1"), searcher.suggest("tune-2")]
+    assert [s["kind"] for s in shards if isinstance(s, dict)] == ["baseline", "baseline"]
+    assert searcher.claim("driver-0-1") == "wait"
+
+    candidates = Candidates(
+        instructions={name: ["Answer.", "Answer briefly.", "Think, then answer."]},
+        demo_sets={name: [[], [{"question": "q", "answer": "a"}]]},
+    )
+    searcher.provide(
+        candidates, OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
+    )
+    claimed = searcher.claim("driver-0-2")
+    assert isinstance(claimed, dict) and claimed["kind"] == "minibatch"
+    assert claimed["number"] == shards[0]["number"] + 1  # numbered with Tune's trials
+    outcome = TrialOutcome(
+        score=0.6,
+        failed=False,
+        error=None,
+        n_examples=5,
+        calls=5,
+        cache_hits=0,
+        http_requests=5,
+        prompt_tokens=50,
+        completion_tokens=5,
+        cost_usd=0.0,
+        duration_s=1.0,
+        latencies_s=[0.1] * 5,
+    )
+    searcher.on_trial_complete("driver-0-2", outcome.model_dump())
+    (record,) = state.records
+    assert (record.kind, record.number, record.score, record.calls) == (
+        "minibatch",
+        claimed["number"],
+        0.6,
+        5,
+    )
+
+    searcher.note_actor_started()  # from now on Tune's actors take every trial
+    assert searcher.claim("driver-0-3") == Searcher.FINISHED
+    nxt = searcher.suggest("tune-3")
+    assert isinstance(nxt, dict) and nxt["kind"] == "minibatch"
+    assert nxt["number"] == record.number + 1
