@@ -242,12 +242,19 @@ def main() -> None:
     parser.add_argument(
         "--direct-ingress", action="store_true", help="set RAY_SERVE_ENABLE_DIRECT_INGRESS=1"
     )
+    parser.add_argument(
+        "--throughput-optimized",
+        action="store_true",
+        help="set RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (user code on the replica's main loop)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if args.direct_ingress:
         os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+    if args.throughput_optimized:
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
 
     with tempfile.TemporaryDirectory(prefix="mipro_bench_") as tmp:
         in_process = bench_in_process(Path(tmp) / "inproc", args.trials)
@@ -262,6 +269,8 @@ def main() -> None:
             ray.shutdown()
 
     mode = "direct ingress" if args.direct_ingress else "default proxy"
+    if args.throughput_optimized:
+        mode += ", RAY_SERVE_THROUGHPUT_OPTIMIZED=1"
     print(f"\nServe round trip, {args.trials}-trial study, Ax parameter shape, {mode}\n")
     print("| system                             | clients | p50 (ms) | p95 (ms) | trips/s   |")
     print("|------------------------------------|---------|----------|----------|-----------|")

@@ -42,6 +42,7 @@ from typing import Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
+from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -708,7 +709,15 @@ class _NoJSON(JsonLoggerCallback):
         """No per-trial files."""
 
     def log_trial_end(self, trial: object, failed: bool = False) -> None:
-        """No per-trial files."""
+        """An empty ``result.json``: the result grid `Tuner.fit` builds then reads no metrics
+        (the records have them) instead of warning that each trial's file is missing."""
+        storage = getattr(trial, "storage", None)
+        if storage is None:
+            return
+        fs, trial_dir = storage.storage_filesystem, storage.trial_fs_path
+        fs.create_dir(trial_dir, recursive=True)
+        with fs.open_output_stream(f"{trial_dir}/{EXPR_RESULT_FILE}"):
+            pass
 
 
 class _NoTBX(TBXLoggerCallback):
