@@ -760,8 +760,10 @@ def mark_abandoned_trials_failed(storage: optuna.storages.BaseStorage, study_nam
 class SearchRun:
     """One Tune search, run in a background thread so it can start before the candidates exist.
 
-    Usage: `start` (the baseline trial and its actor start), `provide` the candidates (minibatch
-    trials begin), `join` (waits, re-raises what the search raised). `abort` stops it early.
+    Usage: `start` (the baseline's shards start the trial actors; the driver's lanes wait for
+    the candidates), `provide` the candidates (minibatch trials begin, in the lanes until the
+    first trial actor runs), `join` (waits, re-raises what the search or a lane raised).
+    `abort` stops it early.
     """
 
     def __init__(

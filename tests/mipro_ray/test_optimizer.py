@@ -381,8 +381,8 @@ def test_a_run_on_its_own_new_cluster_prepares_while_ray_starts_and_keeps_the_ca
     ray_up = float(run.stdout.split("RAY_UP", 1)[1].split()[0])
     early = sum(1 for t in arrivals if t < ray_up)
     assert early > 0, "no LLM call was made while the cluster started"
-    # One baseline over the whole validation set, as trial 0, with a score (the driver scores
-    # it while the trial actors start when the candidates are ready by then).
+    # One baseline over the whole validation set, as trial 0, with a score (its shards start
+    # the trial actors; the driver scores minibatch trials meanwhile).
     count, n_examples, number, score = run.stdout.split("BASELINES", 1)[1].split()[:4]
     assert (count, n_examples, number) == ("1", "20", "0")
     assert 0.0 <= float(score) <= 1.0
