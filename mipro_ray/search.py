@@ -835,6 +835,12 @@ class SearchRun:
         self._state.usage_before = usage_before
         self._searcher.provide(candidates, inner)
 
+    def _stopped(self) -> str | None:
+        """Why the driver's running trials must stop now (a cancel or a hard stop), or None."""
+        if self._state.cancel.is_set():
+            return "cancelled"
+        return self._state.stop_reason if self._state.hard_stop else None
+
     def _lane(self, lane: int) -> None:
         """Scores trials in this process until a trial actor has started (see `MiproSearcher`)."""
         for n in itertools.count():
@@ -846,7 +852,7 @@ class SearchRun:
                 self._searcher.wait_for_change(0.5)
                 continue
             try:
-                outcome = score_config(config, self._spec)
+                outcome = score_config(config, self._spec, stopped=self._stopped)
             except Exception as exc:  # recorded as a failed trial with its reason, like a crash
                 logger.warning("a trial scored in the driver raised %r", exc)
                 outcome = TrialOutcome(

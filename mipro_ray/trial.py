@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
@@ -94,6 +94,9 @@ class TrialOutcome(BaseModel):
     error_kinds: list[str] = Field(default_factory=list)
 
 
+_STOP_POLL_S = 0.1
+
+
 def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
     """The validation indices a minibatch trial scores (seeded by run seed and trial number)."""
     rng = random.Random(seed * 1_000_003 + number)
@@ -124,15 +127,29 @@ def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
     tune.report(score_config(config, spec).model_dump())
 
 
-def score_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+def score_config(
+    config: dict[str, object],
+    spec: TrialSpec,
+    *,
+    stopped: Callable[[], str | None] | None = None,
+) -> TrialOutcome:
     """Scores one trial configuration in this process (a trial actor, or the driver).
 
     Records no telemetry: the driver records the outcome's trial and LM calls.
+
+    Args:
+        config: The trial's Tune config.
+        spec: What every trial needs.
+        stopped: Polled while the trial runs (the driver's trials: Tune stops its actors'
+            trials itself); when it returns a reason, the calls in flight are cancelled and
+            the trial fails with that reason.
     """
-    return asyncio.run(_evaluate_config(config, spec))
+    return asyncio.run(_evaluate_config(config, spec, stopped))
 
 
-async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+async def _evaluate_config(
+    config: dict[str, object], spec: TrialSpec, stopped: Callable[[], str | None] | None
+) -> TrialOutcome:
     start = time.perf_counter()
     raw = config["program"]
     assert isinstance(raw, dict)
@@ -163,8 +180,8 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
 
     lm = LM(spec.lm, limiter=RayLimiter.for_config(spec.lm), observer=observe)
     score, failed, error = 0.0, False, None
-    try:
-        result = await evaluate(
+    task = asyncio.ensure_future(
+        evaluate(
             program,
             examples,
             metric=spec.metric,
@@ -172,9 +189,21 @@ async def _evaluate_config(config: dict[str, object], spec: TrialSpec) -> TrialO
             concurrency=min(concurrency, max(len(examples), 1)),
             max_error_fraction=spec.max_error_fraction,
         )
-        score = result.score
+    )
+    try:
+        while stopped is not None and not task.done():
+            await asyncio.wait({task}, timeout=_STOP_POLL_S)
+            reason = None if task.done() else stopped()
+            if reason is not None:
+                task.cancel()
+                failed, error = True, f"stopped: {reason}"
+                break
+        score = (await task).score
     except EvaluationError as exc:
         failed, error = True, str(exc)
+    except asyncio.CancelledError:
+        if error is None:  # not our cancellation: propagate it
+            raise
     finally:
         usage = lm.usage
         await lm.aclose()
