@@ -407,7 +407,6 @@ class MiproSearcher(Searcher):
         self._shards = max(1, baseline_shards)
         self._shards_issued = 0
         self._shard_results: list[tuple[dict[str, object] | None, bool]] = []
-        self._baseline_number: int | None = None
         self._lock = threading.Lock()
         self._inner: OptunaSearch | None = None
         self._candidates: Candidates | None = None
@@ -418,6 +417,11 @@ class MiproSearcher(Searcher):
         self._actor_started = threading.Event()
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
+        # The baseline takes the first number, whichever trial starts first (its shards wait
+        # for the trial actors; the driver's lanes may start minibatch trials before).
+        self._baseline_number = self._next_number
+        if not state.baseline_done():
+            self._next_number += 1
 
     def claim(self, trial_id: str) -> dict[str, object] | str:
         """A trial for the driver to score itself, while no trial actor has started.
@@ -474,13 +478,11 @@ class MiproSearcher(Searcher):
                 return _WAIT if self._live else Searcher.FINISHED
             if isinstance(config, str):  # ask again when a trial finishes
                 return _WAIT
-            if config["kind"] == "baseline" and self._baseline_number is not None:
-                config["number"] = self._baseline_number  # a further shard of the baseline
+            if config["kind"] == "baseline":
+                config["number"] = self._baseline_number
             else:
                 config["number"] = self._next_number
                 self._next_number += 1
-                if config["kind"] == "baseline":
-                    self._baseline_number = self._next_number - 1
             self._live[trial_id] = config
         telemetry.trial_started(str(config["kind"]))
         return config

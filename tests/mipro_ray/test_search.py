@@ -206,3 +206,20 @@ def test_driver_lanes_take_minibatch_trials_until_a_trial_actor_starts() -> None
     nxt = searcher.suggest("tune-3")
     assert isinstance(nxt, dict) and nxt["kind"] == "minibatch"
     assert nxt["number"] == record.number + 1
+
+
+def test_the_baseline_is_trial_zero_even_when_a_lane_starts_a_trial_first() -> None:
+    searcher, state = _searcher_with_candidates()
+    (name,) = {k.split("__")[0] for k in state.plan.baseline}
+    candidates = Candidates(
+        instructions={name: ["Answer.", "Answer briefly."]}, demo_sets={name: [[], []]}
+    )
+    searcher.provide(
+        candidates, OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
+    )
+    first = searcher.claim("driver-0-0")  # the candidates were ready before Tune asked
+    shard = searcher.suggest("tune-1")
+    assert isinstance(first, dict) and isinstance(shard, dict)
+    assert (first["kind"], shard["kind"]) == ("minibatch", "baseline")
+    assert (shard["number"], first["number"]) == (0, 1)
+    assert searcher.suggest("tune-2")["number"] == 0  # type: ignore[index]  # its 2nd shard
