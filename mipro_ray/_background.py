@@ -28,10 +28,6 @@ class Background(Generic[_T]):
         except BaseException as exc:  # handed to join(), which re-raises it in the caller
             self._error = exc
 
-    def done(self) -> bool:
-        """Whether ``func`` returned or raised."""
-        return not self._thread.is_alive()
-
     def join(self) -> _T:
         """Waits for ``func``; returns its result or re-raises its exception."""
         while self._thread.is_alive():  # with a timeout, so Ctrl-C reaches the caller

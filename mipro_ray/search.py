@@ -89,6 +89,8 @@ _WAIT = "wait"
 Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
+_MAX_LANES = 8
+"""Most trials the driver scores at once (threads of its own) while trial actors start."""
 
 
 class Candidates(BaseModel):
@@ -423,25 +425,39 @@ class MiproSearcher(Searcher):
         if not state.baseline_done():
             self._next_number += 1
 
-    def claim(self, trial_id: str) -> dict[str, object] | str:
+    def claim(self, trial_id: str, *, wait_s: float = 0.5) -> dict[str, object] | str:
         """A trial for the driver to score itself, while no trial actor has started.
 
-        Returns its config (`on_trial_complete` it with ``trial_id``), ``"wait"`` (ask again
-        after `wait_for_change`), or ``Searcher.FINISHED``: the search is over, or a trial actor
-        has started and the actors take over.
+        Returns its config (`on_trial_complete` or `drop` it with ``trial_id``), ``"wait"``
+        after waiting up to ``wait_s`` for a finished trial or the candidates (ask again), or
+        ``Searcher.FINISHED``: the search is over, or a trial actor has started and the
+        actors take over.
         """
-        if self._actor_started.is_set():
-            return Searcher.FINISHED
-        return self._hand_out(trial_id, lane=True)
+        with self._changed:
+            if self._actor_started.is_set():
+                return Searcher.FINISHED
+            config = self._take(trial_id, lane=True)
+            if config == _WAIT:
+                self._changed.wait(wait_s)
+            return config
 
     def note_actor_started(self) -> None:
         """A Tune trial actor started: the driver's lanes claim no more trials."""
-        self._actor_started.set()
-
-    def wait_for_change(self, timeout_s: float) -> None:
-        """Waits until a trial finishes or the candidates arrive (or ``timeout_s`` passes)."""
         with self._changed:
-            self._changed.wait(timeout_s)
+            self._actor_started.set()
+            self._changed.notify_all()
+
+    def drop(self, trial_id: str, outcome: TrialOutcome) -> None:
+        """Ends a claimed trial that was stopped (cancel, hard stop) without a record, as Tune
+        ends its actors' stopped trials: a resumed run runs it again. Optuna is told FAIL."""
+        with self._changed:
+            config = self._live.pop(trial_id, None)
+            if config is None:
+                return
+            self._record_telemetry(str(config["kind"]), outcome.model_dump(), failed=True)
+            if config["kind"] == "minibatch" and self._inner is not None:
+                self._inner.on_trial_complete(trial_id, None, error=True)
+            self._changed.notify_all()
 
     def provide(self, candidates: Candidates, inner: OptunaSearch) -> None:
         """Hands over the candidates and the TPE searcher: minibatch trials may begin."""
@@ -461,30 +477,31 @@ class MiproSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, object] | None:
         """Returns the next trial's config, None to wait, or FINISHED."""
-        config = self._hand_out(trial_id)
+        with self._lock:
+            config = self._take(trial_id, lane=False)
         return None if config == _WAIT else config  # type: ignore[return-value]
 
-    def _hand_out(self, trial_id: str, *, lane: bool = False) -> dict[str, object] | str:
-        """The next trial's config (numbered and live), `_WAIT`, or FINISHED. The baseline's
-        shards go to Tune only (not to a ``lane``): they start the trial actors."""
-        with self._lock:
-            state = self._state
-            if state.cancel.is_set():
-                state._stop("cancelled", hard=True)
-            if state.hard_stop:
-                return Searcher.FINISHED
-            config = self._next(trial_id, lane=lane)
-            if config is None:
-                return _WAIT if self._live else Searcher.FINISHED
-            if isinstance(config, str):  # ask again when a trial finishes
-                return _WAIT
-            if config["kind"] == "baseline":
-                config["number"] = self._baseline_number
-            else:
-                config["number"] = self._next_number
-                self._next_number += 1
-            self._live[trial_id] = config
-        telemetry.trial_started(str(config["kind"]))
+    def _take(self, trial_id: str, *, lane: bool) -> dict[str, object] | str:
+        """The next trial's config (numbered and live), `_WAIT`, or FINISHED; with the lock
+        held. The baseline's shards go to Tune only (not to a ``lane``): they start the trial
+        actors."""
+        state = self._state
+        if state.cancel.is_set():
+            state._stop("cancelled", hard=True)
+        if state.hard_stop:
+            return Searcher.FINISHED
+        config = self._next(trial_id, lane=lane)
+        if config is None:
+            return _WAIT if self._live else Searcher.FINISHED
+        if isinstance(config, str):  # ask again when a trial finishes
+            return _WAIT
+        if config["kind"] == "baseline":
+            config["number"] = self._baseline_number
+        else:
+            config["number"] = self._next_number
+            self._next_number += 1
+        self._record_started(str(config["kind"]))
+        self._live[trial_id] = config
         return config
 
     def _config(self, kind: TrialKind, params: Params) -> dict[str, object]:
@@ -564,21 +581,31 @@ class MiproSearcher(Searcher):
             self._state.add(_record(number, kind, params, result, failed, reason))
             self._changed.notify_all()
 
+    def _record_started(self, kind: str) -> None:
+        try:
+            telemetry.trial_started(kind)
+        except Exception:  # metrics must never break the search's bookkeeping
+            logger.warning("could not record a trial start in the Ray metrics", exc_info=True)
+
     def _record_telemetry(self, kind: str, result: dict[str, object] | None, failed: bool) -> None:
-        """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`)."""
-        telemetry.trial_ended(kind, failed=failed)
-        if result is None:
-            return  # a crashed actor's calls are lost with it (the limiter still counted them)
-        latencies, error_kinds = result.get("latencies_s"), result.get("error_kinds")
-        telemetry.record_lm_calls(
-            self._model,
-            calls=_int(result.get("calls")),
-            cache_hits=_int(result.get("cache_hits")),
-            prompt_tokens=_int(result.get("prompt_tokens")),
-            completion_tokens=_int(result.get("completion_tokens")),
-            latencies_s=[_float(x) for x in latencies] if isinstance(latencies, list) else [],
-            error_kinds=[str(x) for x in error_kinds] if isinstance(error_kinds, list) else [],
-        )
+        """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`);
+        a failure to record is logged, never raised into the search's bookkeeping."""
+        try:
+            telemetry.trial_ended(kind, failed=failed)
+            if result is None:
+                return  # a crashed actor's calls are lost with it
+            latencies, error_kinds = result.get("latencies_s"), result.get("error_kinds")
+            telemetry.record_lm_calls(
+                self._model,
+                calls=_int(result.get("calls")),
+                cache_hits=_int(result.get("cache_hits")),
+                prompt_tokens=_int(result.get("prompt_tokens")),
+                completion_tokens=_int(result.get("completion_tokens")),
+                latencies_s=[_float(x) for x in latencies] if isinstance(latencies, list) else [],
+                error_kinds=[str(x) for x in error_kinds] if isinstance(error_kinds, list) else [],
+            )
+        except Exception:
+            logger.warning("could not record a trial in the Ray metrics", exc_info=True)
 
     def _add_baseline_point(self, score: float) -> None:
         assert self._inner is not None
@@ -671,6 +698,23 @@ class _StopAll(tune.Stopper):
         if self._state.cancel.is_set():
             self._state._stop("cancelled", hard=True)
         return self._state.hard_stop
+
+
+def _failed_outcome(error: str) -> TrialOutcome:
+    """The outcome of a trial that failed before it could count anything."""
+    return TrialOutcome(
+        score=0.0,
+        failed=True,
+        error=error,
+        n_examples=0,
+        calls=0,
+        cache_hits=0,
+        http_requests=0,
+        prompt_tokens=0,
+        completion_tokens=0,
+        cost_usd=0.0,
+        duration_s=0.0,
+    )
 
 
 class _ActorStarted(tune.Callback):
@@ -801,7 +845,7 @@ class SearchRun:
         self._run = Background(self._fit, name="mipro-search")
         self._lanes = [
             Background(functools.partial(self._lane, i), name=f"mipro-lane-{i}")
-            for i in range(self._max_concurrent_trials)
+            for i in range(min(self._max_concurrent_trials, _MAX_LANES))
         ]
 
     def provide(self, candidates: Candidates, *, usage_before: Usage) -> None:
@@ -850,27 +894,22 @@ class SearchRun:
             config = self._searcher.claim(trial_id)
             if config == Searcher.FINISHED:
                 return
-            if not isinstance(config, dict):  # wait for a finished trial or the candidates
-                self._searcher.wait_for_change(0.5)
-                continue
-            try:
-                outcome = score_config(config, self._spec, stopped=self._stopped)
-            except Exception as exc:  # recorded as a failed trial with its reason, like a crash
-                logger.warning("a trial scored in the driver raised %r", exc)
-                outcome = TrialOutcome(
-                    score=0.0,
-                    failed=True,
-                    error=f"the trial raised {exc!r}",
-                    n_examples=0,
-                    calls=0,
-                    cache_hits=0,
-                    http_requests=0,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    cost_usd=0.0,
-                    duration_s=0.0,
-                )
-            self._searcher.on_trial_complete(trial_id, outcome.model_dump())
+            if isinstance(config, dict):
+                self._score_claimed(trial_id, config)
+
+    def _score_claimed(self, trial_id: str, config: dict[str, object]) -> None:
+        """Scores a claimed trial and always ends it (else the search would wait for it)."""
+        outcome = _failed_outcome("the trial was interrupted")
+        try:
+            outcome = score_config(config, self._spec, stopped=self._stopped)
+        except Exception as exc:  # recorded as a failed trial with its reason, like a crash
+            logger.warning("a trial scored in the driver raised %r", exc)
+            outcome = _failed_outcome(f"the trial raised {exc!r}")
+        finally:  # also on BaseException (e.g. a stray cancellation), which is re-raised
+            if outcome.failed and self._stopped() is not None:
+                self._searcher.drop(trial_id, outcome)
+            else:
+                self._searcher.on_trial_complete(trial_id, outcome.model_dump())
 
     def abort(self, reason: str) -> None:
         """Stops the search and its running trials."""
@@ -878,10 +917,15 @@ class SearchRun:
 
     def join(self) -> None:
         """Waits for the search to end; re-raises an exception of the Tune run or a lane."""
-        if self._run is not None:
-            self._run.join()
-        for lane in self._lanes:
-            lane.join()
+        try:
+            if self._run is not None:
+                self._run.join()
+        except BaseException as exc:  # the lanes must not go on with the search
+            self._state.abort(f"stopped: the search failed ({exc!r})")
+            raise
+        finally:
+            for lane in self._lanes:
+                lane.join()
 
     def _fit(self) -> None:
         trainable = tune.with_resources(

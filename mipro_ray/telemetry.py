@@ -70,14 +70,14 @@ class _Metrics:
             tag_keys=("model",),
         )
         self.trials_started = Counter(
-            "mipro_trials_started", description="Search trials started", tag_keys=("kind",)
+            "mipro_trials_started", description="Search trials handed out", tag_keys=("kind",)
         )
         self.trials_finished = Counter(
             "mipro_trials_finished", description="Search trials that scored", tag_keys=("kind",)
         )
         self.trials_failed = Counter(
             "mipro_trials_failed",
-            description="Search trials that exceeded their error budget",
+            description="Search trials that failed (error budget, crash, raised)",
             tag_keys=("kind",),
         )
         self.best_score = Gauge(

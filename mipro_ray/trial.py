@@ -1,4 +1,5 @@
-"""One search trial, run inside a Tune trial actor: a program configuration scored on examples.
+"""One search trial: a program configuration scored on examples, in a Tune trial actor (or in
+the run's driver, until the first trial actor runs; see `mipro_ray.search`).
 
 A trial's Tune config carries the configuration itself (per predictor: the chosen instruction,
 demos and temperature), not indices into the candidates, so trials need no candidates shipped
@@ -49,7 +50,7 @@ class PredictorChoice(BaseModel):
 
 
 class TrialSpec(BaseModel):
-    """What every trial actor needs (shipped once through the object store).
+    """What every trial needs (shipped once to each trial actor through the object store).
 
     Attributes:
         concurrency: Examples in flight within a minibatch trial; full evaluations use
@@ -69,7 +70,7 @@ class TrialSpec(BaseModel):
 
 
 class TrialOutcome(BaseModel):
-    """What a trial reports to Tune.
+    """What a trial reports (to Tune from an actor; to the searcher from the driver).
 
     ``latencies_s`` (one per answered LM call) and ``error_kinds`` (one per call that finally
     failed) let the run's driver record the trial's LM calls in `mipro_ray.telemetry`: a trial

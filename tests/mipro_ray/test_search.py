@@ -223,3 +223,31 @@ def test_the_baseline_is_trial_zero_even_when_a_lane_starts_a_trial_first() -> N
     assert (first["kind"], shard["kind"]) == ("minibatch", "baseline")
     assert (shard["number"], first["number"]) == (0, 1)
     assert searcher.suggest("tune-2")["number"] == 0  # type: ignore[index]  # its 2nd shard
+
+
+def test_a_stopped_driver_trial_leaves_no_record_so_a_resumed_run_runs_it_again() -> None:
+    searcher, state = _searcher_with_candidates()
+    (name,) = {k.split("__")[0] for k in state.plan.baseline}
+    candidates = Candidates(
+        instructions={name: ["Answer.", "Answer briefly."]}, demo_sets={name: [[], []]}
+    )
+    inner = OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
+    searcher.provide(candidates, inner)
+    claimed = searcher.claim("driver-0-0")
+    assert isinstance(claimed, dict)
+    stopped = TrialOutcome(
+        score=0.0,
+        failed=True,
+        error="stopped: cancelled",
+        n_examples=5,
+        calls=2,
+        cache_hits=0,
+        http_requests=2,
+        prompt_tokens=20,
+        completion_tokens=2,
+        cost_usd=0.0,
+        duration_s=0.1,
+    )
+    searcher.drop("driver-0-0", stopped)
+    assert state.records == [] and state.minibatch_done() == 0
+    assert [t.state.name for t in inner._ot_study.trials] == ["FAIL"]  # Optuna was told
