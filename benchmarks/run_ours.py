@@ -68,7 +68,7 @@ def _optimize(
 ) -> object:
     """Runs ``MIPRO(...).compile`` (Ray start-up included); returns its ``MiproResult``.
 
-    ``max_concurrent_trials`` is left to its default, ``ceil(cap / minibatch) + 1``.
+    ``max_concurrent_trials`` is left to its default, ``ceil(cap / minibatch) + 1`` (at most 8).
     """
     from mipro_ray.config import MiproSettings
     from mipro_ray.optimizer import MIPRO, RunEvent

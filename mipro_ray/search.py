@@ -500,7 +500,7 @@ class MiproSearcher(Searcher):
         else:
             config["number"] = self._next_number
             self._next_number += 1
-        self._record_started(str(config["kind"]))
+        telemetry.trial_started(str(config["kind"]))
         self._live[trial_id] = config
         return config
 
@@ -581,31 +581,21 @@ class MiproSearcher(Searcher):
             self._state.add(_record(number, kind, params, result, failed, reason))
             self._changed.notify_all()
 
-    def _record_started(self, kind: str) -> None:
-        try:
-            telemetry.trial_started(kind)
-        except Exception:  # metrics must never break the search's bookkeeping
-            logger.warning("could not record a trial start in the Ray metrics", exc_info=True)
-
     def _record_telemetry(self, kind: str, result: dict[str, object] | None, failed: bool) -> None:
-        """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`);
-        a failure to record is logged, never raised into the search's bookkeeping."""
-        try:
-            telemetry.trial_ended(kind, failed=failed)
-            if result is None:
-                return  # a crashed actor's calls are lost with it
-            latencies, error_kinds = result.get("latencies_s"), result.get("error_kinds")
-            telemetry.record_lm_calls(
-                self._model,
-                calls=_int(result.get("calls")),
-                cache_hits=_int(result.get("cache_hits")),
-                prompt_tokens=_int(result.get("prompt_tokens")),
-                completion_tokens=_int(result.get("completion_tokens")),
-                latencies_s=[_float(x) for x in latencies] if isinstance(latencies, list) else [],
-                error_kinds=[str(x) for x in error_kinds] if isinstance(error_kinds, list) else [],
-            )
-        except Exception:
-            logger.warning("could not record a trial in the Ray metrics", exc_info=True)
+        """Records a finished trial and its LM calls here, in the driver (see `TrialOutcome`)."""
+        telemetry.trial_ended(kind, failed=failed)
+        if result is None:
+            return  # a crashed actor's calls are lost with it
+        latencies, error_kinds = result.get("latencies_s"), result.get("error_kinds")
+        telemetry.record_lm_calls(
+            self._model,
+            calls=_int(result.get("calls")),
+            cache_hits=_int(result.get("cache_hits")),
+            prompt_tokens=_int(result.get("prompt_tokens")),
+            completion_tokens=_int(result.get("completion_tokens")),
+            latencies_s=[_float(x) for x in latencies] if isinstance(latencies, list) else [],
+            error_kinds=[str(x) for x in error_kinds] if isinstance(error_kinds, list) else [],
+        )
 
     def _add_baseline_point(self, score: float) -> None:
         assert self._inner is not None
@@ -698,23 +688,6 @@ class _StopAll(tune.Stopper):
         if self._state.cancel.is_set():
             self._state._stop("cancelled", hard=True)
         return self._state.hard_stop
-
-
-def _failed_outcome(error: str) -> TrialOutcome:
-    """The outcome of a trial that failed before it could count anything."""
-    return TrialOutcome(
-        score=0.0,
-        failed=True,
-        error=error,
-        n_examples=0,
-        calls=0,
-        cache_hits=0,
-        http_requests=0,
-        prompt_tokens=0,
-        completion_tokens=0,
-        cost_usd=0.0,
-        duration_s=0.0,
-    )
 
 
 class _ActorStarted(tune.Callback):
@@ -899,12 +872,12 @@ class SearchRun:
 
     def _score_claimed(self, trial_id: str, config: dict[str, object]) -> None:
         """Scores a claimed trial and always ends it (else the search would wait for it)."""
-        outcome = _failed_outcome("the trial was interrupted")
+        outcome = TrialOutcome(score=0.0, failed=True, error="the trial was interrupted")
         try:
             outcome = score_config(config, self._spec, stopped=self._stopped)
         except Exception as exc:  # recorded as a failed trial with its reason, like a crash
             logger.warning("a trial scored in the driver raised %r", exc)
-            outcome = _failed_outcome(f"the trial raised {exc!r}")
+            outcome = TrialOutcome(score=0.0, failed=True, error=f"the trial raised {exc!r}")
         finally:  # also on BaseException (e.g. a stray cancellation), which is re-raised
             if outcome.failed and self._stopped() is not None:
                 self._searcher.drop(trial_id, outcome)

@@ -28,10 +28,11 @@ reports its LM calls in its outcome, and the run's driver, which outlives them, 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ParamSpec
 
 import ray
 from ray.util.metrics import Counter, Gauge, Histogram
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # the limiter actor records metrics without importing the LM 
     from mipro_ray.lm import LMCall
 
 logger = logging.getLogger(__name__)
+_P = ParamSpec("_P")
 
 _LATENCY_BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 
@@ -101,6 +103,20 @@ _metrics: _Metrics | None = None
 _lock = threading.Lock()
 
 
+def _never_raises(func: Callable[_P, None]) -> Callable[_P, None]:
+    """Recording metrics must never break what records them (an LM call, the search's
+    bookkeeping, the limiter): a failure is logged, not raised."""
+
+    @functools.wraps(func)
+    def record(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            func(*args, **kwargs)
+        except Exception:
+            logger.warning("could not record %s in the Ray metrics", func.__name__, exc_info=True)
+
+    return record
+
+
 def _get() -> _Metrics | None:
     global _metrics
     if not ray.is_initialized():
@@ -111,6 +127,7 @@ def _get() -> _Metrics | None:
         return _metrics
 
 
+@_never_raises
 def record_lm_call(call: LMCall) -> None:
     """Records one LM call; pass it as ``LM(config, observer=record_lm_call)``."""
     if call.error_kind is not None:
@@ -126,6 +143,7 @@ def record_lm_call(call: LMCall) -> None:
     )
 
 
+@_never_raises
 def record_lm_calls(
     model: str,
     *,
@@ -164,6 +182,7 @@ def record_lm_calls(
         m.llm_errors.inc(float(count), {"model": model, "kind": kind})
 
 
+@_never_raises
 def trial_started(kind: str) -> None:
     """A search trial of ``kind`` (baseline, minibatch, full) started."""
     m = _get()
@@ -171,6 +190,7 @@ def trial_started(kind: str) -> None:
         m.trials_started.inc(1.0, {"kind": kind})
 
 
+@_never_raises
 def trial_ended(kind: str, *, failed: bool) -> None:
     """A search trial scored (or failed)."""
     m = _get()
@@ -178,6 +198,7 @@ def trial_ended(kind: str, *, failed: bool) -> None:
         (m.trials_failed if failed else m.trials_finished).inc(1.0, {"kind": kind})
 
 
+@_never_raises
 def best_score(run: str, kind: str, score: float | None) -> None:
     """The best ``kind`` score (``full`` or ``minibatch``) of run ``run`` so far."""
     m = _get()
@@ -185,6 +206,7 @@ def best_score(run: str, kind: str, score: float | None) -> None:
         m.best_score.set(score, {"run": run, "kind": kind})
 
 
+@_never_raises
 def limiter_state(limiter: str, *, waiting: int, in_flight: int) -> None:
     """Queue length and requests in flight of an endpoint's limiter."""
     m = _get()

@@ -75,7 +75,8 @@ class TrialOutcome(BaseModel):
     ``latencies_s`` (one per answered LM call) and ``error_kinds`` (one per call that finally
     failed) let the run's driver record the trial's LM calls in `mipro_ray.telemetry`: a trial
     actor's own metrics may never be exported (Tune kills the actors at the end of a run).
-    Both are flat lists, which survive Tune's flattening of results.
+    Both are flat lists, which survive Tune's flattening of results. The counters default to
+    0 for a trial that failed before it could count anything.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -83,14 +84,14 @@ class TrialOutcome(BaseModel):
     score: float
     failed: bool
     error: str | None
-    n_examples: int
-    calls: int
-    cache_hits: int
-    http_requests: int
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float
-    duration_s: float
+    n_examples: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    http_requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    duration_s: float = 0.0
     latencies_s: list[float] = Field(default_factory=list)
     error_kinds: list[str] = Field(default_factory=list)
 
