@@ -1,10 +1,14 @@
 """Admission control for LM calls: in-flight cap, requests per minute, tokens per minute.
 
 `Limiter` is the protocol the LM client calls around every HTTP attempt:
-``await limiter.acquire(estimated_tokens)`` before it, ``await limiter.release(actual_tokens)``
-after it (in a ``finally``). `LocalLimiter` is the in-process implementation; a cluster-wide
-limiter (a Ray actor) can wrap a `LocalLimiter`, or reuse `RateWindow`, the clock-driven
-bookkeeping that decides whether one more request may start now.
+``await limiter.acquire(estimated_tokens, priority=p)`` before it,
+``await limiter.release(actual_tokens)`` after it (in a ``finally``). Waiters of a higher
+priority are admitted first (the optimizer's preparation, on the run's critical path, before
+the trials' calls); FIFO within a priority.
+
+`LocalLimiter` is the in-process implementation; a cluster-wide limiter (a Ray actor) can wrap
+a `LocalLimiter`, or reuse `RateWindow`, the clock-driven bookkeeping that decides whether one
+more request may start now.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ class Limiter(Protocol):
     ``acquire`` may wait; it must be cancellable without leaking a slot.
     """
 
-    async def acquire(self, tokens: int) -> None:
-        """Waits until one more request of about ``tokens`` tokens may start."""
+    async def acquire(self, tokens: int, *, priority: int = 0) -> None:
+        """Waits until one more request of about ``tokens`` tokens may start (waiters of a
+        higher ``priority`` first)."""
         ...
 
     async def release(self, tokens: int) -> None:
@@ -163,12 +168,13 @@ class RateWindow:
 class _Waiter:
     tokens: int
     future: asyncio.Future[None]
+    priority: int = 0
 
 
 class LocalLimiter:
     """In-process, FIFO-fair `Limiter` for one event loop.
 
-    Waiters are served strictly in arrival order; a release admits the next waiter
+    Waiters are served by priority, then strictly in arrival order; a release admits the next waiter
     immediately (synchronously), so the pipe stays full. When a rate window is full, a
     timer wakes the queue exactly when the oldest entry expires.
 
@@ -229,13 +235,19 @@ class LocalLimiter:
             total_released_tokens=w.total_released_tokens,
         )
 
-    async def acquire(self, tokens: int) -> None:
-        """Waits (FIFO) until a request of ``tokens`` estimated tokens may start."""
+    async def acquire(self, tokens: int, *, priority: int = 0) -> None:
+        """Waits until a request of ``tokens`` estimated tokens may start: behind the waiters
+        of its priority or higher, ahead of those of a lower one."""
         if not self._queue and self._window.wait_time(tokens) == 0.0:
             self._window.admit(tokens)
             return
-        waiter = _Waiter(tokens=tokens, future=asyncio.get_running_loop().create_future())
-        self._queue.append(waiter)
+        waiter = _Waiter(
+            tokens=tokens, future=asyncio.get_running_loop().create_future(), priority=priority
+        )
+        index = len(self._queue)
+        while index > 0 and self._queue[index - 1].priority < priority:
+            index -= 1
+        self._queue.insert(index, waiter)
         self._pump()
         try:
             await waiter.future

@@ -332,6 +332,8 @@ class LM:
         config: The endpoint and policy.
         limiter: Optional admission control shared with other clients of the endpoint.
         observer: Optional callback after every call (e.g. `mipro_ray.telemetry`).
+        priority: This client's calls wait in the limiter ahead of those of clients with a
+            lower priority (the optimizer's preparation, on the run's critical path, uses 1).
 
     Raises:
         ConfigError: The environment variable named by ``config.api_key_env`` is not set.
@@ -343,10 +345,12 @@ class LM:
         *,
         limiter: Limiter | None = None,
         observer: LMObserver | None = None,
+        priority: int = 0,
     ) -> None:
         self.config = config
         self.limiter = limiter
         self.observer = observer
+        self.priority = priority
         self._api_key = _Secret(_read_api_key(config))
         self._cache = (
             ResponseCache(path=default_cache_dir(config.cache_dir) / CACHE_FILE_NAME)
@@ -522,7 +526,7 @@ class LM:
         estimate = _estimate_tokens(request)
         used = 0
         if self.limiter is not None:
-            await self.limiter.acquire(estimate)
+            await self.limiter.acquire(estimate, priority=self.priority)
         try:
             self._counters.http_requests += 1
             completion = await self._create(client, request, send_format=send_format)

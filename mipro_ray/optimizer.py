@@ -243,39 +243,6 @@ class MIPRO:
             projection.bootstrap, projection.propose, projection.search, projection.total,
             resolved.num_trials, resolved.num_candidates, len(val),
         )  # fmt: skip
-        lm_configs = {self.student, self.teacher, self.proposer}
-        prep: Background[_Prepared] | None = None
-        if self._starts_local_cluster(lm_configs) and run_dir.read_json("candidates.json") is None:
-            # Bootstrap and propose while the new local cluster starts (seconds): until it
-            # runs, this driver is the endpoint's only client (see `HandoverLimiter`).
-            handover = {
-                c.endpoint_key(): HandoverLimiter(LocalLimiter(max_in_flight=c.max_concurrency))
-                for c in lm_configs
-            }
-            prep = Background(
-                lambda: self._candidates(program, train, resolved, run_dir, handover),
-                name="mipro-prepare",
-            )
-            try:
-                self._ensure_ray()
-                for config in lm_configs:
-                    # Immediate when nothing is held here (e.g. the preparation is done);
-                    # else the adoption's leases wait for the limiter actor to start.
-                    get_limiter_actor(config, wait=False)
-                    handover[config.endpoint_key()].hand_over(RayLimiter.for_config(config))
-                for limiter in handover.values():
-                    wait_event(limiter.handed_over)
-                    if limiter.error is not None:
-                        raise limiter.error
-            except BaseException:
-                # Raise at once (the preparation may take minutes); its daemon thread ends on
-                # its own, on the in-process limiter.
-                logger.warning("the cluster did not start; the preparation thread is left to end")
-                raise
-        else:
-            self._ensure_ray()
-            for config in lm_configs:
-                get_limiter_actor(config, wait=False)  # its process starts while Tune starts
         plan = SearchPlan(
             num_trials=resolved.num_trials,
             full_eval_steps=s.full_eval_steps,
@@ -304,34 +271,65 @@ class MIPRO:
             max_error_fraction=s.max_error_fraction,
             seed=s.seed,
         )
+        storage_url = self._storage_url(run_dir)
         search = SearchRun(
             spec,
             state,
-            storage=self._storage(run_dir),
             study_name=_study_name(run_dir),
             temperature_range=s.temperature_range,
             max_concurrent_trials=s.trial_actors(self.student.max_concurrency),
             tune_dir=_tune_dir(run_dir),
         )
-        # The search starts now: its trial actors start and the baseline (which needs no
-        # candidates) is scored while demos are bootstrapped and instructions proposed; until
-        # the first trial actor runs, this driver scores trials itself.
-        if not self.cancel.is_set():
-            search.start()
+        # One limiter per endpoint (configs that differ in sampling settings share one).
+        endpoints = {c.endpoint_key(): c for c in (self.proposer, self.teacher, self.student)}
+        lm_configs = set(endpoints.values())
+        handover: dict[str, HandoverLimiter] | None = None
+        if self._starts_local_cluster(lm_configs):
+            # Until the new local cluster runs (seconds), this driver is the endpoint's only
+            # client: it works under an in-process limiter meanwhile (see `HandoverLimiter`).
+            handover = {
+                key: HandoverLimiter(LocalLimiter(max_in_flight=c.max_concurrency))
+                for key, c in endpoints.items()
+            }
+        else:
+            self._ensure_ray()
+            for config in lm_configs:
+                get_limiter_actor(config, wait=False)  # its process starts meanwhile
+        # The driver's event loop bootstraps demos and proposes instructions while the
+        # search's lanes score the baseline (which needs no candidates), then trials, until
+        # the trial actors of the Tune run take over.
+        driver = Background(
+            lambda: asyncio.run(
+                self._drive(program, train, resolved, run_dir, search, handover, storage_url)
+            ),
+            name="mipro-driver",
+        )
         try:
-            if prep is not None:
-                candidates, prep_usage, failures = prep.join()
-            else:
-                for config in lm_configs:
-                    get_limiter_actor(config)  # compares the limits of an existing limiter
-                candidates, prep_usage, failures = self._candidates(
-                    program, train, resolved, run_dir, None
-                )
-            usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get("propose", Usage())
-            self._set_phase("searching", state)
-            search.provide(candidates, usage_before=usage_before)
+            if handover is not None:
+                self._ensure_ray()
+                for key, config in endpoints.items():
+                    # Immediate when nothing is held here; else the adoption's leases wait
+                    # for the limiter actor to start.
+                    get_limiter_actor(config, wait=False)
+                    handover[key].hand_over(RayLimiter.for_config(config))
+                for limiter in handover.values():
+                    wait_event(limiter.handed_over)
+                    if limiter.error is not None:
+                        raise limiter.error
+            if not self.cancel.is_set():
+                search.start()
+            for config in lm_configs:
+                get_limiter_actor(config)  # compares the limits of an existing limiter
         except BaseException as exc:
-            search.abort(f"stopped: the optimizer failed before the search ({exc!r})")
+            # Raise at once (the preparation may take minutes); its daemon thread ends on its
+            # own once the lanes stopped.
+            search.abort(f"stopped: the cluster did not start ({exc!r})")
+            logger.warning("the search could not start; the preparation thread is left to end")
+            raise
+        try:
+            candidates, prep_usage, failures = driver.join()
+        except BaseException:
+            search.abort("stopped: the optimizer failed before the search")
             search.join()
             raise
         search.join()
@@ -339,7 +337,48 @@ class MIPRO:
 
     # -- phases -----------------------------------------------------------------------------
 
-    def _candidates(
+    async def _drive(
+        self,
+        program: Program,
+        train: list[Example],
+        resolved: ResolvedSettings,
+        run_dir: RunDir,
+        search: SearchRun,
+        handover: dict[str, HandoverLimiter] | None,
+        storage_url: str,
+    ) -> _Prepared:
+        """The driver's event loop: prepares the candidates and provides them to the search,
+        while the search's lanes score trials on the same loop, under the same limiters.
+        The study's storage opens meanwhile in a worker thread (a new SQLite file takes about
+        a second of schema set-up)."""
+        try:
+            lanes = asyncio.ensure_future(
+                search.lanes(None if handover is None else handover[self.student.endpoint_key()])
+            )
+            try:
+                prepared, storage = await asyncio.gather(
+                    self._candidates(program, train, resolved, run_dir, handover),
+                    asyncio.to_thread(self._open_storage, storage_url),
+                )
+                candidates, prep_usage, _ = prepared
+                usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get(
+                    "propose", Usage()
+                )
+                self._set_phase("searching", search.state)
+                await asyncio.to_thread(
+                    search.provide, candidates, usage_before=usage_before, storage=storage
+                )
+            except BaseException as exc:
+                search.abort(f"stopped: the optimizer failed before the search ({exc!r})")
+                await asyncio.gather(lanes, return_exceptions=True)  # they stop at once
+                raise
+            await lanes
+            return prepared
+        finally:
+            for limiter in (handover or {}).values():
+                await limiter.aclose()
+
+    async def _candidates(
         self,
         program: Program,
         train: list[Example],
@@ -359,13 +398,7 @@ class MIPRO:
                 list(saved.get("failures", [])),
             )
         self._set_phase("bootstrapping", None)
-        try:
-            demo_sets, instructions, usage = asyncio.run(
-                self._prepare(program, train, resolved, handover)
-            )
-        finally:
-            for limiter in (handover or {}).values():
-                limiter.close()
+        demo_sets, instructions, usage = await self._prepare(program, train, resolved, handover)
         candidates = Candidates(instructions=instructions.candidates, demo_sets=demo_sets.sets)
         run_dir.write_json(
             "candidates.json",
@@ -444,7 +477,8 @@ class MIPRO:
             if handover is not None
             else RayLimiter.for_config(config)
         )
-        return LM(config, limiter=limiter, observer=telemetry.record_lm_call)
+        # The preparation is the run's critical path (trials may run beside it): first in line.
+        return LM(config, limiter=limiter, observer=telemetry.record_lm_call, priority=1)
 
     def _finish(
         self,
@@ -575,13 +609,17 @@ class MIPRO:
             # its own progress. (Ignored when connecting to an existing cluster.)
             ray.init(address=self.ray_address, log_to_driver=False, include_dashboard=False)
 
-    def _storage(self, run_dir: RunDir) -> optuna.storages.BaseStorage:
+    def _storage_url(self, run_dir: RunDir) -> str:
         url = self.storage_url if self.storage_url is not None else run_dir.sqlite_url()
         if url is None:
             raise ConfigError(
                 f"run directory '{run_dir.location}' is not local: give storage_url (e.g. a "
                 "PostgreSQL URL) for the Optuna study"
             )
+        return url
+
+    @staticmethod
+    def _open_storage(url: str) -> optuna.storages.BaseStorage:
         try:
             return optuna.storages.RDBStorage(url)
         except Exception as exc:  # SQLAlchemy raises many types; surface them as ours

@@ -56,11 +56,13 @@ class LimiterActor:
         """Returns (max_in_flight, rpm, tpm)."""
         return self._limits
 
-    async def acquire(self, lease: str, tokens: int, ttl_s: float) -> bool:
+    async def acquire(self, lease: str, tokens: int, ttl_s: float, priority: int = 0) -> bool:
         """Waits for a slot and records ``lease``; False if the lease was released meanwhile."""
         if self._reaper is None:
             self._reaper = asyncio.get_running_loop().create_task(self._reap())
-        task = asyncio.get_running_loop().create_task(self._limiter.acquire(tokens))
+        task = asyncio.get_running_loop().create_task(
+            self._limiter.acquire(tokens, priority=priority)
+        )
         self._pending[lease] = task
         try:
             await task
@@ -173,12 +175,12 @@ class RayLimiter:
             self._handle = ray.get_actor(self._name, namespace=NAMESPACE)
         return self._handle
 
-    async def acquire(self, tokens: int) -> None:
+    async def acquire(self, tokens: int, *, priority: int = 0) -> None:
         """Waits for a cluster-wide slot."""
         lease = uuid.uuid4().hex
         actor = self._actor()
         try:
-            granted = await actor.acquire.remote(lease, tokens, self._ttl_s)
+            granted = await actor.acquire.remote(lease, tokens, self._ttl_s, priority)
         except asyncio.CancelledError:
             # The actor may grant the slot after we stop waiting: end the lease either way.
             actor.release.remote(lease, 0)
@@ -201,17 +203,19 @@ class RayLimiter:
 class HandoverLimiter:
     """A `LocalLimiter` until the cluster's limiter exists, then that one (`RayLimiter`).
 
-    A run that starts its own local Ray cluster bootstraps and proposes while the cluster
-    starts (seconds on a small machine). Until then its driver is the endpoint's only client,
-    so an in-process limiter with the same cap holds the provider's limit. `hand_over` moves
-    the driver to the cluster limiter: first a lease is taken there for every slot still held
-    here (those calls are in flight), and only then is `handed_over` set; the caller waits for
-    it before any other process may use the cluster limiter, so the cap holds throughout.
+    A run that starts its own local Ray cluster works while the cluster starts (seconds on a
+    small machine). Until then its driver is the endpoint's only client, so an in-process
+    limiter with the same cap holds the provider's limit. `hand_over` moves the driver to the
+    cluster limiter: an adopter on the owner's event loop takes a cluster lease for every slot
+    held here (those calls are in flight) while calls go on locally, switches once every held
+    slot has one, and only then sets `handed_over`; the caller waits for it before any other
+    process may use the cluster limiter, so the cap holds throughout. After the switch new
+    calls (and calls still queued here) take cluster slots; a release never waits for the
+    adopter, which only waits for the cluster limiter, so nothing can wait in a circle.
 
-    `hand_over` may be called from any thread: the adoption runs on the event loop that uses
-    the limiter (at once when nothing is held). If it fails (the cluster limiter is
-    unreachable), `error` holds why and `handed_over` is set: the waiter must raise it.
-    Call `close` when the owning loop stops using the limiter.
+    `hand_over` may be called once, from any thread. If the adopter fails (the cluster limiter
+    is unreachable), `error` holds why and `handed_over` is set: the waiter must raise it.
+    Call `aclose` when the owning loop stops using the limiter.
     """
 
     def __init__(self, local: LocalLimiter) -> None:
@@ -222,95 +226,91 @@ class HandoverLimiter:
         self._remote: Limiter | None = None
         self._held_local = 0  # slots acquired from the local limiter, not yet released
         self._adopted = 0  # cluster leases taken for them
-        self._adopting: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._cleanup: set[asyncio.Task[None]] = set()
+        self._adopter: asyncio.Task[None] | None = None
         self.handed_over = threading.Event()
         self.error: BaseException | None = None
 
     def hand_over(self, remote: Limiter) -> None:
         """Switches to ``remote`` (thread-safe); `handed_over` is set once it took effect."""
         with self._lock:
+            if self._next is not None:
+                raise RuntimeError("HandoverLimiter.hand_over may be called once")
             self._next = remote
             if self._held_local == 0:
                 self._remote = remote
                 self.handed_over.set()
                 return
             loop = self._loop
-        if loop is not None:  # adopt now, on the owner's loop, not at its next call
-            loop.call_soon_threadsafe(self._settle_soon)
+        assert loop is not None  # a slot is held: the owner's loop acquired it
+        loop.call_soon_threadsafe(self._start_adopter, remote)
 
-    def _settle_soon(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle())
-        self._cleanup.add(task)
-        task.add_done_callback(self._settled)
+    def _start_adopter(self, remote: Limiter) -> None:
+        self._adopter = asyncio.get_running_loop().create_task(self._adopt(remote))
+        self._adopter.add_done_callback(self._adopted_all)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._cleanup.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self.error = task.exception()  # the waiter of `handed_over` raises it
-            self.handed_over.set()
+    def _adopted_all(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():  # the owner's loop ended; an error only if slots were held
+            with self._lock:
+                if self._held_local:
+                    self.error = RuntimeError("the hand-over to the cluster limiter was cancelled")
+        elif task.exception() is not None:
+            self.error = task.exception()
+        self.handed_over.set()  # on an error, the waiter raises it
 
-    def close(self) -> None:
-        """The owner stopped using the limiter (nothing is held): a hand-over needs no more."""
+    async def _adopt(self, remote: Limiter) -> None:
+        """Takes (or gives back) cluster leases until every held local slot has one, then
+        switches. Only this task touches the leases before the switch."""
+        while True:
+            with self._lock:
+                gap = self._held_local - self._adopted
+                if gap == 0:
+                    self._remote = remote
+                    return
+            if gap > 0:
+                await remote.acquire(0)
+                delta = 1
+            else:  # held slots were released meanwhile
+                await remote.release(0)
+                delta = -1
+            with self._lock:
+                self._adopted += delta
+
+    async def aclose(self) -> None:
+        """The owner stops using the limiter (nothing is held): a running hand-over ends (it
+        gives its leases back), and a later one switches at once."""
+        if self._adopter is not None:
+            await asyncio.wait({self._adopter})
         self.handed_over.set()
 
-    async def acquire(self, tokens: int) -> None:
-        """A slot from the local limiter before the hand-over, from the cluster's after."""
+    async def acquire(self, tokens: int, *, priority: int = 0) -> None:
+        """A slot from the local limiter before the switch, from the cluster's after."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-        await self._settle()
         if self._remote is None:
-            await self._local.acquire(tokens)
+            await self._local.acquire(tokens, priority=priority)
             with self._lock:
-                self._held_local += 1
-            try:
-                await self._settle()  # a hand-over while we waited: this slot is adopted too
-            except asyncio.CancelledError:
-                # Not granted after all: give the slot back (it may be adopted meanwhile).
-                task = asyncio.get_running_loop().create_task(self.release(0))
-                self._cleanup.add(task)
-                task.add_done_callback(self._cleanup.discard)
-                raise
-            return
-        await self._remote.acquire(tokens)
+                if self._remote is None:  # the adopter counts it (under the same lock)
+                    self._held_local += 1
+                    return
+            await self._local.release(0)  # switched while we waited: not adopted, give back
+        assert self._remote is not None
+        await self._remote.acquire(tokens, priority=priority)
 
     async def release(self, tokens: int) -> None:
-        """Returns a slot: a local one (and its cluster lease, once adopted) or a cluster one."""
-        await self._settle()
+        """Returns a slot: a local one (and, after the switch, its cluster lease) or a cluster
+        one. Slots are interchangeable: only the counts matter."""
         with self._lock:
             local = self._held_local > 0
+            remote = self._remote
             if local:
                 self._held_local -= 1
-                if self._remote is not None:
+                if remote is not None:
                     self._adopted -= 1
         if local:
             await self._local.release(tokens)
-            if self._remote is not None:
-                await self._remote.release(0)
+            if remote is not None:
+                await remote.release(0)
             return
-        assert self._remote is not None, "release without a matching acquire"
-        await self._remote.release(tokens)
-
-    async def _settle(self) -> None:
-        """Takes a cluster lease per held local slot, then switches (on the owner's loop)."""
-        target = self._next
-        if target is None:
-            return
-        if self._adopting is None:
-            self._adopting = asyncio.Lock()
-        async with self._adopting:
-            while True:
-                with self._lock:
-                    gap = self._held_local - self._adopted
-                    if gap == 0 and self._remote is None:
-                        self._remote = target
-                        self.handed_over.set()
-                    if gap <= 0 and self._remote is not None:
-                        return
-                if gap > 0:  # a held slot without a lease (also one granted after the switch)
-                    await target.acquire(0)
-                    self._adopted += 1
-                else:  # a slot released while adopting, before the switch
-                    await target.release(0)
-                    self._adopted -= 1
+        assert remote is not None, "release without a matching acquire"
+        await remote.release(tokens)

@@ -12,13 +12,13 @@ kinds of trials in one Tune run, so the pipe to the LLM stays full throughout:
   that has no full score yet is scored on the whole validation set. Only full scores pick the
   returned program.
 
-`SearchRun` starts the Tune run in a background thread *before* the candidates exist: the
-baseline needs none, so it runs (and the trial actors start, which costs seconds of process
-start-up and imports) while the optimizer still bootstraps demos and proposes instructions.
-Minibatch trials begin once `SearchRun.provide` hands over the candidates. Until the first
-trial actor has started, the driver's lanes (one per trial actor) also take minibatch and full
-trials and score them in the driver process, so the LLM is busy while the actors' processes
-start (seconds each on a small machine); the actors take over from the first one that runs.
+The search starts *before* the candidates exist: the baseline needs none. The driver's
+lanes (`SearchRun.lanes`, one per trial actor, on the driver's event loop) take trials first:
+the baseline, while the optimizer still bootstraps demos and proposes instructions on the same
+loop (and, for a run that starts its own cluster, before Ray is even up), then minibatch and
+full trials once `SearchRun.provide` hands over the candidates. The Tune run (`SearchRun.start`)
+starts the trial actors meanwhile (seconds of process start-up each on a small machine); the
+lanes retire one by one as the actors start trials, and the actors take over.
 
 A trial whose evaluation exceeds its error budget is reported as failed with its reason and told
 to Optuna as FAIL, never as a score. Records of every finished trial go to a callback as they
@@ -28,6 +28,7 @@ finished trials are not rerun.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import logging
@@ -37,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import optuna
@@ -49,6 +51,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mipro_ray import telemetry
 from mipro_ray._background import Background
+from mipro_ray.limiter import Limiter
 from mipro_ray.lm import Usage
 from mipro_ray.program import Program
 from mipro_ray.signature import Example
@@ -57,9 +60,9 @@ from mipro_ray.trial import (
     TrialOutcome,
     TrialSpec,
     apply_choices,
+    evaluate_config,
     minibatch_indices,
     run_trial,
-    score_config,
 )
 
 __all__ = [
@@ -78,7 +81,6 @@ __all__ = [
     "covering_start",
     "minibatch_indices",
     "param_key",
-    "run_search",
     "search_space",
 ]
 
@@ -90,7 +92,7 @@ Params = dict[str, int | float]
 
 _TRIAL_CPUS = 0.25
 _MAX_LANES = 8
-"""Most trials the driver scores at once (threads of its own) while trial actors start."""
+"""Most trials the driver scores at once while the trial actors start."""
 
 
 class Candidates(BaseModel):
@@ -379,15 +381,14 @@ class SearchState:
 class MiproSearcher(Searcher):
     """A Tune `Searcher` that asks `OptunaSearch` for minibatch trials and adds full evaluations.
 
-    It starts without candidates: until `provide` is called it suggests only the baseline
-    (whose configuration is known up front) and then waits. The baseline runs as
-    ``baseline_shards`` trials on disjoint slices of the validation set, combined into one
-    record: that starts every trial actor at once, at the beginning. (Tune prefers a cached
-    actor to one still starting and kills the latter, so actors started one at a time later,
-    while short trials finish on the first actor, would be started and killed over and over.)
-
-    Until the first trial actor has started, the driver's lanes (`SearchRun`) also `claim`
-    trials and score them in the driver, so the LLM is busy while the actors' processes start.
+    It starts without candidates: until `provide` is called it hands out only the baseline
+    (whose configuration is known up front) and then waits. Until the trial actors have
+    started, the driver's lanes (`SearchRun.lanes`) `claim` trials and score them in the
+    driver; the first lane takes the baseline, before Tune asks. Tune then asks for its first
+    trials once the candidates exist, and as many at once as it runs actors, so every trial
+    actor starts at the same time. (Tune prefers a cached actor to one still starting and
+    kills the latter, so actors started one at a time, while short trials finish on the
+    first, would be started and killed over and over.)
     `provide` and the lanes call from other threads than Tune's, hence the lock.
     """
 
@@ -396,19 +397,15 @@ class MiproSearcher(Searcher):
         *,
         state: SearchState,
         baseline: dict[str, PredictorChoice],
-        baseline_shards: int = 1,
         model: str = "",
     ) -> None:
         """Args: state: bookkeeping; baseline: the unoptimized program's configuration;
-        baseline_shards: trials the baseline is split into (the number of trial actors);
         model: the student's model name, the label of the trials' LM calls in telemetry."""
         super().__init__(metric="score", mode="max")
         self._state = state
         self._model = model
         self._baseline = {k: v.model_dump(mode="json") for k, v in baseline.items()}
-        self._shards = max(1, baseline_shards)
-        self._shards_issued = 0
-        self._shard_results: list[tuple[dict[str, object] | None, bool]] = []
+        self._baseline_issued = False
         self._lock = threading.Lock()
         self._inner: OptunaSearch | None = None
         self._candidates: Candidates | None = None
@@ -416,35 +413,33 @@ class MiproSearcher(Searcher):
         self._baseline_score: float | None = None
         self._live: dict[str, dict[str, object]] = {}
         self._changed = threading.Condition(self._lock)
-        self._actor_started = threading.Event()
+        self._tune_starts = 0  # trials Tune's actors started
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
-        # The baseline takes the first number, whichever trial starts first (its shards wait
-        # for the trial actors; the driver's lanes may start minibatch trials before).
-        self._baseline_number = self._next_number
-        if not state.baseline_done():
-            self._next_number += 1
 
-    def claim(self, trial_id: str, *, wait_s: float = 0.5) -> dict[str, object] | str:
-        """A trial for the driver to score itself, while no trial actor has started.
+    def claim(
+        self, trial_id: str, *, retire_after: int = 1, wait_s: float = 0.5
+    ) -> dict[str, object] | str:
+        """A trial for a lane of the driver to score itself, until the actors take over.
 
         Returns its config (`on_trial_complete` or `drop` it with ``trial_id``), ``"wait"``
         after waiting up to ``wait_s`` for a finished trial or the candidates (ask again), or
-        ``Searcher.FINISHED``: the search is over, or a trial actor has started and the
-        actors take over.
+        ``Searcher.FINISHED``: the search is over, or ``retire_after`` Tune trials have
+        started (lane ``i`` of ``n`` passes ``n - i``: each trial actor that starts retires
+        one lane, so the pipe stays full while the others still start).
         """
         with self._changed:
-            if self._actor_started.is_set():
+            if self._tune_starts >= retire_after:
                 return Searcher.FINISHED
-            config = self._take(trial_id, lane=True)
+            config = self._take(trial_id)
             if config == _WAIT:
                 self._changed.wait(wait_s)
             return config
 
-    def note_actor_started(self) -> None:
-        """A Tune trial actor started: the driver's lanes claim no more trials."""
+    def note_tune_trial_started(self) -> None:
+        """A Tune trial started on a trial actor: one more lane of the driver retires."""
         with self._changed:
-            self._actor_started.set()
+            self._tune_starts += 1
             self._changed.notify_all()
 
     def drop(self, trial_id: str, outcome: TrialOutcome) -> None:
@@ -478,28 +473,24 @@ class MiproSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, object] | None:
         """Returns the next trial's config, None to wait, or FINISHED."""
         with self._lock:
-            config = self._take(trial_id, lane=False)
+            config = self._take(trial_id)
         return None if config == _WAIT else config  # type: ignore[return-value]
 
-    def _take(self, trial_id: str, *, lane: bool) -> dict[str, object] | str:
+    def _take(self, trial_id: str) -> dict[str, object] | str:
         """The next trial's config (numbered and live), `_WAIT`, or FINISHED; with the lock
-        held. The baseline's shards go to Tune only (not to a ``lane``): they start the trial
-        actors."""
+        held."""
         state = self._state
         if state.cancel.is_set():
             state._stop("cancelled", hard=True)
         if state.hard_stop:
             return Searcher.FINISHED
-        config = self._next(trial_id, lane=lane)
+        config = self._next(trial_id)
         if config is None:
             return _WAIT if self._live else Searcher.FINISHED
         if isinstance(config, str):  # ask again when a trial finishes
             return _WAIT
-        if config["kind"] == "baseline":
-            config["number"] = self._baseline_number
-        else:
-            config["number"] = self._next_number
-            self._next_number += 1
+        config["number"] = self._next_number
+        self._next_number += 1
         telemetry.trial_started(str(config["kind"]))
         self._live[trial_id] = config
         return config
@@ -513,14 +504,11 @@ class MiproSearcher(Searcher):
             program = {k: v.model_dump(mode="json") for k, v in choices.items()}
         return {"kind": kind, "params": dict(params), "program": program}
 
-    def _next(self, trial_id: str, *, lane: bool) -> dict[str, object] | str | None:
+    def _next(self, trial_id: str) -> dict[str, object] | str | None:
         state = self._state
-        if not state.baseline_done() and self._shards_issued < self._shards and not lane:
-            config = self._config("baseline", state.plan.baseline)
-            config["shard"] = self._shards_issued
-            config["shards"] = self._shards
-            self._shards_issued += 1
-            return config
+        if not state.baseline_done() and not self._baseline_issued:
+            self._baseline_issued = True
+            return self._config("baseline", state.plan.baseline)
         if self._inner is None:
             return _WAIT  # the candidates are still being prepared
         if state.pending_full:
@@ -569,15 +557,10 @@ class MiproSearcher(Searcher):
                 )
             if kind == "minibatch" and self._inner is not None:
                 self._inner.on_trial_complete(trial_id, None if failed else result, error=failed)
-            elif kind == "baseline":
-                self._shard_results.append((result, failed))
-                if len(self._shard_results) < self._shards:
-                    return
-                result, failed, reason = _combine_shards(self._shard_results, reason)
-                if not failed and result is not None:
-                    self._baseline_score = _float(result["score"])
-                    if self._inner is not None:
-                        self._add_baseline_point(self._baseline_score)
+            elif kind == "baseline" and not failed and result is not None:
+                self._baseline_score = _float(result["score"])
+                if self._inner is not None:
+                    self._add_baseline_point(self._baseline_score)
             self._state.add(_record(number, kind, params, result, failed, reason))
             self._changed.notify_all()
 
@@ -612,29 +595,6 @@ class MiproSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         """See `save`."""
-
-
-def _combine_shards(
-    shards: Sequence[tuple[dict[str, object] | None, bool]], reason: str | None
-) -> tuple[dict[str, object] | None, bool, str | None]:
-    """One baseline result from its shards: example-weighted score, summed usage."""
-    failed_shards = [r for r, failed in shards if failed]
-    if failed_shards:
-        errors = [str(r["error"]) for r in failed_shards if r is not None and r.get("error")]
-        return None, True, errors[0] if errors else reason
-    results = [r for r, _ in shards if r is not None]
-    n = sum(_int(r.get("n_examples")) for r in results)
-    combined: dict[str, object] = {
-        key: sum(_float(r.get(key)) for r in results)
-        for key in ("calls", "cache_hits", "http_requests", "prompt_tokens", "completion_tokens")
-    }
-    combined.update(
-        score=sum(_float(r.get("score")) * _int(r.get("n_examples")) for r in results) / max(n, 1),
-        n_examples=n,
-        cost_usd=sum(_float(r.get("cost_usd")) for r in results),
-        duration_s=max((_float(r.get("duration_s")) for r in results), default=0.0),
-    )
-    return combined, False, None
 
 
 def _float(value: object) -> float:
@@ -690,8 +650,8 @@ class _StopAll(tune.Stopper):
         return self._state.hard_stop
 
 
-class _ActorStarted(tune.Callback):
-    """Tells the searcher when the first trial actor has started (its lanes stop claiming)."""
+class _TrialStarted(tune.Callback):
+    """Tells the searcher when a Tune trial starts on an actor (a lane of the driver retires)."""
 
     def __init__(self, searcher: MiproSearcher) -> None:
         self._searcher: MiproSearcher | None = searcher
@@ -701,7 +661,7 @@ class _ActorStarted(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: object, trial: object, **info: object) -> None:
         if self._searcher is not None:
-            self._searcher.note_actor_started()
+            self._searcher.note_tune_trial_started()
 
 
 class _NoCSV(CSVLoggerCallback):
@@ -777,11 +737,12 @@ def mark_abandoned_trials_failed(storage: optuna.storages.BaseStorage, study_nam
 
 
 class SearchRun:
-    """One Tune search, run in a background thread so it can start before the candidates exist.
+    """One search: the driver's lanes and a Tune run, both started before the candidates exist.
 
-    Usage: `start` (the baseline's shards start the trial actors; the driver's lanes wait for
-    the candidates), `provide` the candidates (minibatch trials begin, in the lanes until the
-    first trial actor runs), `join` (waits, re-raises what the search or a lane raised).
+    Usage: run `lanes` on the driver's event loop (no Ray needed until the hand-over of the
+    limiter: the baseline is scored at once), `start` the Tune run once Ray is up (its trial
+    actors start), `provide` the candidates (minibatch trials begin, in the lanes until the
+    trial actors run), `join` (waits for the Tune run, re-raises what it raised).
     `abort` stops it early.
     """
 
@@ -790,16 +751,22 @@ class SearchRun:
         spec: TrialSpec,
         state: SearchState,
         *,
-        storage: optuna.storages.BaseStorage,
         study_name: str,
         temperature_range: tuple[float, float] | None,
         max_concurrent_trials: int,
         tune_dir: str,
     ) -> None:
-        """Args: see `run_search`."""
+        """Args:
+        spec: What every trial needs.
+        state: Bookkeeping (earlier records on resume).
+        study_name: The Optuna study (one per run directory), also the Tune run's name.
+        temperature_range: Also search temperatures in this range.
+        max_concurrent_trials: Trial actors running at once (and the driver's lanes, at
+            most `_MAX_LANES`).
+        tune_dir: Where Tune keeps its experiment files.
+        """
         self._spec = spec
         self._state = state
-        self._storage = storage
         self._study_name = study_name
         self._temperature_range = temperature_range
         self._max_concurrent_trials = max_concurrent_trials
@@ -807,23 +774,29 @@ class SearchRun:
         self._searcher = MiproSearcher(
             state=state,
             baseline=baseline_choices(spec.program),
-            baseline_shards=min(max_concurrent_trials, len(spec.valset)),
             model=spec.lm.model,
         )
         self._run: Background[None] | None = None
-        self._lanes: list[Background[None]] = []
+
+    @property
+    def state(self) -> SearchState:
+        """The search's bookkeeping."""
+        return self._state
 
     def start(self) -> None:
-        """Starts the Tune run and the driver's lanes in daemon threads."""
+        """Starts the Tune run in a daemon thread (Ray must be initialized)."""
         self._run = Background(self._fit, name="mipro-search")
-        self._lanes = [
-            Background(functools.partial(self._lane, i), name=f"mipro-lane-{i}")
-            for i in range(min(self._max_concurrent_trials, _MAX_LANES))
-        ]
 
-    def provide(self, candidates: Candidates, *, usage_before: Usage) -> None:
-        """Hands over the candidates (and the usage of the phases that made them)."""
-        abandoned = mark_abandoned_trials_failed(self._storage, self._study_name)
+    def provide(
+        self,
+        candidates: Candidates,
+        *,
+        usage_before: Usage,
+        storage: optuna.storages.BaseStorage,
+    ) -> None:
+        """Hands over the candidates (and the usage of the phases that made them) and the
+        Optuna study's storage (only TPE needs it: it may be opened meanwhile)."""
+        abandoned = mark_abandoned_trials_failed(storage, self._study_name)
         if abandoned:
             logger.info("marked %d trial(s) of an interrupted run as failed", abandoned)
         sampler = optuna.samplers.TPESampler(
@@ -849,7 +822,7 @@ class SearchRun:
             points_to_evaluate=start or None,
             sampler=sampler,
             study_name=self._study_name,
-            storage=self._storage,
+            storage=storage,
         )
         self._state.usage_before = usage_before
         self._searcher.provide(candidates, inner)
@@ -860,45 +833,78 @@ class SearchRun:
             return "cancelled"
         return self._state.stop_reason if self._state.hard_stop else None
 
-    def _lane(self, lane: int) -> None:
-        """Scores trials in this process until a trial actor has started (see `MiproSearcher`)."""
+    async def lanes(self, limiter: Limiter | None = None) -> None:
+        """Scores trials on the running event loop until the trial actors took over or the
+        search is over: one task per trial actor (at most `_MAX_LANES`), all under ``limiter``
+        (default: the cluster's, `RayLimiter`). The searcher's bookkeeping (TPE, the study's
+        storage, the records) runs in worker threads: the loop keeps serving calls in flight.
+        """
+        n = min(self._max_concurrent_trials, _MAX_LANES)
+        pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="mipro-lane")
+        tasks = [asyncio.ensure_future(self._lane(i, n, pool, limiter)) for i in range(n)]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException as exc:  # the other lanes and the Tune run must not go on
+            self._state.abort(f"stopped: a trial lane of the driver failed ({exc!r})")
+            await asyncio.gather(*tasks, return_exceptions=True)  # they stop at once
+            raise
+        finally:
+            pool.shutdown(wait=False)
+
+    async def _lane(
+        self, lane: int, lanes: int, pool: ThreadPoolExecutor, limiter: Limiter | None
+    ) -> None:
+        loop = asyncio.get_running_loop()
         for n in itertools.count():
             trial_id = f"driver-{lane}-{n}"
-            config = self._searcher.claim(trial_id)
+            claim = functools.partial(self._searcher.claim, trial_id, retire_after=lanes - lane)
+            config = await loop.run_in_executor(pool, claim)
             if config == Searcher.FINISHED:
                 return
             if isinstance(config, dict):
-                self._score_claimed(trial_id, config)
+                await self._score_claimed(trial_id, config, pool, limiter)
 
-    def _score_claimed(self, trial_id: str, config: dict[str, object]) -> None:
+    async def _score_claimed(
+        self,
+        trial_id: str,
+        config: dict[str, object],
+        pool: ThreadPoolExecutor,
+        limiter: Limiter | None,
+    ) -> None:
         """Scores a claimed trial and always ends it (else the search would wait for it)."""
-        outcome = TrialOutcome(score=0.0, failed=True, error="the trial was interrupted")
         try:
-            outcome = score_config(config, self._spec, stopped=self._stopped)
+            outcome = await evaluate_config(
+                config, self._spec, stopped=self._stopped, limiter=limiter
+            )
         except Exception as exc:  # recorded as a failed trial with its reason, like a crash
             logger.warning("a trial scored in the driver raised %r", exc)
             outcome = TrialOutcome(score=0.0, failed=True, error=f"the trial raised {exc!r}")
-        finally:  # also on BaseException (e.g. a stray cancellation), which is re-raised
-            if outcome.failed and self._stopped() is not None:
-                self._searcher.drop(trial_id, outcome)
-            else:
-                self._searcher.on_trial_complete(trial_id, outcome.model_dump())
+        except BaseException:  # e.g. a cancellation, re-raised: end the trial here and now
+            self._end_claimed(
+                trial_id, TrialOutcome(score=0.0, failed=True, error="the trial was interrupted")
+            )
+            raise
+        await asyncio.get_running_loop().run_in_executor(pool, self._end_claimed, trial_id, outcome)
+
+    def _end_claimed(self, trial_id: str, outcome: TrialOutcome) -> None:
+        if outcome.failed and self._stopped() is not None:
+            self._searcher.drop(trial_id, outcome)
+        else:
+            self._searcher.on_trial_complete(trial_id, outcome.model_dump())
 
     def abort(self, reason: str) -> None:
         """Stops the search and its running trials."""
         self._state.abort(reason)
 
     def join(self) -> None:
-        """Waits for the search to end; re-raises an exception of the Tune run or a lane."""
+        """Waits for the Tune run to end (if started); re-raises its exception."""
+        if self._run is None:
+            return
         try:
-            if self._run is not None:
-                self._run.join()
+            self._run.join()
         except BaseException as exc:  # the lanes must not go on with the search
             self._state.abort(f"stopped: the search failed ({exc!r})")
             raise
-        finally:
-            for lane in self._lanes:
-                lane.join()
 
     def _fit(self) -> None:
         trainable = tune.with_resources(
@@ -927,7 +933,7 @@ class SearchRun:
                     _NoCSV(),  # type: ignore[no-untyped-call]
                     _NoJSON(),  # type: ignore[no-untyped-call]
                     _NoTBX(),
-                    _ActorStarted(self._searcher),
+                    _TrialStarted(self._searcher),
                 ],
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=1),
@@ -935,45 +941,3 @@ class SearchRun:
             ),
         )
         tuner.fit()
-
-
-def run_search(
-    spec: TrialSpec,
-    state: SearchState,
-    candidates: Candidates,
-    *,
-    storage: optuna.storages.BaseStorage,
-    study_name: str,
-    temperature_range: tuple[float, float] | None,
-    max_concurrent_trials: int,
-    tune_dir: str,
-) -> None:
-    """Runs the Tune search until the plan, a budget or a cancellation ends it.
-
-    Args:
-        spec: What the trial actors need.
-        state: Bookkeeping (earlier records on resume).
-        candidates: The instruction candidates and demo sets.
-        storage: The Optuna study storage.
-        study_name: The study (one per run directory).
-        temperature_range: Also search temperatures in this range.
-        max_concurrent_trials: Trial actors running at once.
-        tune_dir: Where Tune keeps its experiment files.
-    """
-    search = SearchRun(
-        spec,
-        state,
-        storage=storage,
-        study_name=study_name,
-        temperature_range=temperature_range,
-        max_concurrent_trials=max_concurrent_trials,
-        tune_dir=tune_dir,
-    )
-    search.start()
-    try:
-        search.provide(candidates, usage_before=state.usage_before)
-    except BaseException:
-        search.abort("the search could not start")
-        search.join()
-        raise
-    search.join()

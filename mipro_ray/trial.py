@@ -1,5 +1,5 @@
 """One search trial: a program configuration scored on examples, in a Tune trial actor (or in
-the run's driver, until the first trial actor runs; see `mipro_ray.search`).
+the run's driver, until the trial actors run; see `mipro_ray.search`).
 
 A trial's Tune config carries the configuration itself (per predictor: the chosen instruction,
 demos and temperature), not indices into the candidates, so trials need no candidates shipped
@@ -22,6 +22,7 @@ from ray import tune
 
 from mipro_ray.errors import EvaluationError
 from mipro_ray.evaluate import evaluate
+from mipro_ray.limiter import Limiter
 from mipro_ray.lm import LM, LMCall, LMConfig
 from mipro_ray.metrics import Metric
 from mipro_ray.program import ModelSettings, Program
@@ -33,6 +34,7 @@ __all__ = [
     "TrialOutcome",
     "TrialSpec",
     "apply_choices",
+    "evaluate_config",
     "minibatch_indices",
     "run_trial",
     "score_config",
@@ -129,13 +131,20 @@ def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
     tune.report(score_config(config, spec).model_dump())
 
 
-def score_config(
+def score_config(config: dict[str, object], spec: TrialSpec) -> TrialOutcome:
+    """Scores one trial configuration in this process (a trial actor); see `evaluate_config`."""
+    return asyncio.run(evaluate_config(config, spec))
+
+
+async def evaluate_config(
     config: dict[str, object],
     spec: TrialSpec,
     *,
     stopped: Callable[[], str | None] | None = None,
+    limiter: Limiter | None = None,
 ) -> TrialOutcome:
-    """Scores one trial configuration in this process (a trial actor, or the driver).
+    """Scores one trial configuration on the running event loop (a trial actor's, or the
+    driver's).
 
     Records no telemetry: the driver records the outcome's trial and LM calls.
 
@@ -145,13 +154,8 @@ def score_config(
         stopped: Polled while the trial runs (the driver's trials: Tune stops its actors'
             trials itself); when it returns a reason, the calls in flight are cancelled and
             the trial fails with that reason.
+        limiter: The endpoint's limiter (default: the cluster's, `RayLimiter`).
     """
-    return asyncio.run(_evaluate_config(config, spec, stopped))
-
-
-async def _evaluate_config(
-    config: dict[str, object], spec: TrialSpec, stopped: Callable[[], str | None] | None
-) -> TrialOutcome:
     start = time.perf_counter()
     raw = config["program"]
     assert isinstance(raw, dict)
@@ -167,9 +171,6 @@ async def _evaluate_config(
     else:
         examples = spec.valset
         concurrency = max(spec.concurrency, spec.lm.max_concurrency)
-        shard, shards = config.get("shard"), config.get("shards")
-        if isinstance(shard, int) and isinstance(shards, int):  # a slice of the baseline
-            examples = examples[shard::shards]
     program = apply_choices(spec.program, choices)
     latencies: list[float] = []
     error_kinds: list[str] = []
@@ -180,7 +181,9 @@ async def _evaluate_config(
         else:
             error_kinds.append(call.error_kind)
 
-    lm = LM(spec.lm, limiter=RayLimiter.for_config(spec.lm), observer=observe)
+    if limiter is None:
+        limiter = RayLimiter.for_config(spec.lm)
+    lm = LM(spec.lm, limiter=limiter, observer=observe)
     score, failed, error = 0.0, False, None
     task = asyncio.ensure_future(
         evaluate(

@@ -58,6 +58,26 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     assert limiter.waiting == 0
 
 
+async def test_a_higher_priority_waiter_goes_ahead_of_earlier_ones() -> None:
+    """The optimizer's preparation (priority 1) is not queued behind a trial's calls."""
+    limiter = LocalLimiter(max_in_flight=1)
+    await limiter.acquire(1)
+    order: list[str] = []
+
+    async def one(name: str, priority: int) -> None:
+        await limiter.acquire(1, priority=priority)
+        order.append(name)
+        await limiter.release(1)
+
+    tasks = [asyncio.create_task(one(f"trial-{i}", 0)) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks += [asyncio.create_task(one(f"prep-{i}", 1)) for i in range(2)]
+    await asyncio.sleep(0)
+    await limiter.release(1)
+    await asyncio.gather(*tasks)
+    assert order == ["prep-0", "prep-1", "trial-0", "trial-1", "trial-2"]
+
+
 async def test_release_starts_next_waiter_immediately() -> None:
     limiter = LocalLimiter(max_in_flight=1)
     await limiter.acquire(1)

@@ -33,6 +33,7 @@ from mipro_ray import (
     evaluate,
     resolve_metric,
 )
+from mipro_ray.errors import StorageError
 from mipro_ray.signature import Example, Prediction
 from mipro_ray.testing import FakeLLMServer, FakeRequest, LandscapeTask, requested_fields
 
@@ -381,8 +382,27 @@ def test_a_run_on_its_own_new_cluster_prepares_while_ray_starts_and_keeps_the_ca
     ray_up = float(run.stdout.split("RAY_UP", 1)[1].split()[0])
     early = sum(1 for t in arrivals if t < ray_up)
     assert early > 0, "no LLM call was made while the cluster started"
-    # One baseline over the whole validation set, as trial 0, with a score (its shards start
-    # the trial actors; the driver scores minibatch trials meanwhile).
+    # One baseline over the whole validation set, as trial 0, with a score (the driver
+    # scores it while the cluster starts).
     count, n_examples, number, score = run.stdout.split("BASELINES", 1)[1].split()[:4]
     assert (count, n_examples, number) == ("1", "20", "0")
     assert 0.0 <= float(score) <= 1.0
+
+
+def test_a_study_storage_that_cannot_open_fails_the_run_with_the_reason(tmp_path: Path) -> None:
+    """The storage opens alongside the preparation; when it cannot, the run stops with a
+    clear error at once (the prepared candidates are saved for the rerun)."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the database's directory should be")
+    with FakeLLMServer(responder=TASK, latency_s=0.05) as server:
+        mipro = MIPRO(
+            student=_lm(server),
+            metric="exact_match",
+            settings=MiproSettings(num_candidates=3, num_trials=4, minibatch_size=10),
+            run_dir=str(tmp_path / "run"),
+            storage_url=f"sqlite:///{blocked}/study.db",
+        )
+        started = time.monotonic()
+        with pytest.raises(StorageError, match="cannot open the study storage"):
+            mipro.compile(_program(), trainset=TRAIN[:10], valset=VAL[:20])
+        assert time.monotonic() - started < 60

@@ -97,6 +97,47 @@ def test_a_handover_to_the_cluster_limiter_keeps_the_cap_while_calls_are_in_flig
     assert stats.total_acquired == 4 + 6 + 8  # adopted + the driver's later calls + others
 
 
+def test_a_handover_under_full_load_ends_every_call_and_leaves_no_lease(
+    ray_address: str,
+) -> None:
+    """Calls queue beyond the cap and keep finishing while the hand-over adopts their slots:
+    every call ends at once (none waits for a lease's time-to-live), the cap holds across the
+    switch, and no cluster lease is left behind."""
+    config = _config(4)
+    handover = HandoverLimiter(LocalLimiter(max_in_flight=4))
+    in_flight = peak = 0
+
+    async def call() -> None:
+        nonlocal in_flight, peak
+        await handover.acquire(1)
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        await handover.release(1)
+
+    async def worker() -> None:  # like a trial: one call after another
+        for _ in range(60):
+            await call()
+
+    async def run() -> None:
+        calls = [asyncio.ensure_future(worker()) for _ in range(16)]
+        await asyncio.sleep(0.05)  # 4 in flight, 12 queued
+        # As in a run that started its cluster: the limiter actor's process is still starting.
+        get_limiter_actor(config, wait=False)
+        threading.Thread(target=handover.hand_over, args=(RayLimiter.for_config(config),)).start()
+        assert await asyncio.to_thread(handover.handed_over.wait, 30)
+        assert handover.error is None
+        others = [_hold.remote(limiter_name(config), 0.01) for _ in range(20)]
+        await asyncio.wait_for(asyncio.gather(*calls, *others), timeout=30)
+
+    asyncio.run(run())
+    stats = ray.get(get_limiter_actor(config).stats.remote())
+    assert peak <= 4
+    assert stats.peak_in_flight <= 4, "the cap of 4 was exceeded across the hand-over"
+    assert stats.in_flight == 0 and stats.waiting == 0, "a cluster lease was left behind"
+
+
 def test_a_hand_over_that_cannot_reach_the_cluster_limiter_reports_why() -> None:
     class Unreachable:
         async def acquire(self, tokens: int) -> None:

@@ -1,18 +1,26 @@
-"""Search bookkeeping without Ray: full-evaluation cadence, budgets, patience, resume state."""
+"""The search without Ray: full-evaluation cadence, budgets, patience, resume state, and the
+driver's lanes (the trials it scores itself before any trial actor runs)."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from mipro_ray import Pipeline, Usage
+from mipro_ray import LMConfig, Pipeline, Usage, resolve_metric
+from mipro_ray.limiter import LocalLimiter
 from mipro_ray.search import (
     Candidates,
     MiproSearcher,
     SearchPlan,
+    SearchRun,
     SearchState,
     TrialOutcome,
     TrialRecord,
+    TrialSpec,
     apply_params,
     baseline_choices,
     baseline_params,
@@ -21,6 +29,7 @@ from mipro_ray.search import (
     param_key,
     search_space,
 )
+from mipro_ray.testing import FakeLLMServer, LandscapeTask
 
 
 def _record(
@@ -152,89 +161,88 @@ def _searcher_with_candidates() -> tuple[MiproSearcher, SearchState]:
         num_trials=4, full_eval_steps=2, baseline={f"{name}__instruction": 0, f"{name}__demos": 0}
     )
     state = _state(plan)
-    searcher = MiproSearcher(
-        state=state, baseline=baseline_choices(program), baseline_shards=2, model="m"
-    )
+    searcher = MiproSearcher(state=state, baseline=baseline_choices(program), model="m")
     return searcher, state
 
 
-def test_driver_lanes_take_minibatch_trials_until_a_trial_actor_starts() -> None:
-    searcher, state = _searcher_with_candidates()
+def _provide(searcher: MiproSearcher, state: SearchState) -> OptunaSearch:
     (name,) = {k.split("__")[0] for k in state.plan.baseline}
-    # Before the candidates exist a lane waits, and the baseline's shards are Tune's only:
-    # they are what starts the trial actors.
-    assert searcher.claim("driver-0-0") == "wait"
-    shards = [searcher.suggest("tune-1"), searcher.suggest("tune-2")]
-    assert [s["kind"] for s in shards if isinstance(s, dict)] == ["baseline", "baseline"]
-    assert searcher.claim("driver-0-1") == "wait"
-
     candidates = Candidates(
         instructions={name: ["Answer.", "Answer briefly.", "Think, then answer."]},
         demo_sets={name: [[], [{"question": "q", "answer": "a"}]]},
     )
-    searcher.provide(
-        candidates, OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
-    )
-    claimed = searcher.claim("driver-0-2")
-    assert isinstance(claimed, dict) and claimed["kind"] == "minibatch"
-    assert claimed["number"] == shards[0]["number"] + 1  # numbered with Tune's trials
+    inner = OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
+    searcher.provide(candidates, inner)
+    return inner
+
+
+def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_start() -> None:
+    searcher, state = _searcher_with_candidates()
+    # Before the candidates exist the first lane takes the baseline (as trial 0); then
+    # lanes and Tune wait.
+    baseline = searcher.claim("driver-0-0")
+    assert isinstance(baseline, dict)
+    assert (baseline["kind"], baseline["number"]) == ("baseline", 0)
+    assert searcher.claim("driver-1-0", wait_s=0.01) == "wait"
+    assert searcher.suggest("tune-1") is None
+
+    _provide(searcher, state)
+    claimed = searcher.claim("driver-1-1")
+    assert isinstance(claimed, dict)
+    assert (claimed["kind"], claimed["number"]) == ("minibatch", 1)
     outcome = TrialOutcome(
         score=0.6,
         failed=False,
         error=None,
         n_examples=5,
         calls=5,
-        cache_hits=0,
         http_requests=5,
         prompt_tokens=50,
         completion_tokens=5,
-        cost_usd=0.0,
         duration_s=1.0,
         latencies_s=[0.1] * 5,
     )
-    searcher.on_trial_complete("driver-0-2", outcome.model_dump())
+    searcher.on_trial_complete("driver-1-1", outcome.model_dump())
     (record,) = state.records
-    assert (record.kind, record.number, record.score, record.calls) == (
-        "minibatch",
-        claimed["number"],
-        0.6,
-        5,
-    )
+    assert (record.kind, record.number, record.score, record.calls) == ("minibatch", 1, 0.6, 5)
 
-    searcher.note_actor_started()  # from now on Tune's actors take every trial
-    assert searcher.claim("driver-0-3") == Searcher.FINISHED
-    nxt = searcher.suggest("tune-3")
-    assert isinstance(nxt, dict) and nxt["kind"] == "minibatch"
-    assert nxt["number"] == record.number + 1
+    # Each trial Tune starts on an actor retires one lane (lane i of n retires after n - i).
+    searcher.note_tune_trial_started()
+    assert searcher.claim("driver-1-2", retire_after=1) == Searcher.FINISHED
+    lane_0 = searcher.claim("driver-0-1", retire_after=2)
+    assert isinstance(lane_0, dict) and lane_0["number"] == 2
+    searcher.on_trial_complete("driver-0-1", outcome.model_dump())
+    searcher.note_tune_trial_started()
+    assert searcher.claim("driver-0-2", retire_after=2) == Searcher.FINISHED
+    nxt = searcher.suggest("tune-2")
+    assert isinstance(nxt, dict)
+    assert (nxt["kind"], nxt["number"]) == ("full", 3)  # full_eval_steps=2
+    # The baseline, still running in its lane, is recorded when it ends.
+    searcher.on_trial_complete("driver-0-0", outcome.model_copy(update={"score": 0.3}).model_dump())
+    assert [(r.kind, r.number) for r in state.records] == [
+        ("minibatch", 1),
+        ("minibatch", 2),
+        ("baseline", 0),
+    ]
+    assert state.baseline_done()
 
 
-def test_the_baseline_is_trial_zero_even_when_a_lane_starts_a_trial_first() -> None:
+def test_tune_gets_the_baseline_when_it_asks_before_any_lane() -> None:
     searcher, state = _searcher_with_candidates()
-    (name,) = {k.split("__")[0] for k in state.plan.baseline}
-    candidates = Candidates(
-        instructions={name: ["Answer.", "Answer briefly."]}, demo_sets={name: [[], []]}
-    )
-    searcher.provide(
-        candidates, OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
-    )
-    first = searcher.claim("driver-0-0")  # the candidates were ready before Tune asked
-    shard = searcher.suggest("tune-1")
-    assert isinstance(first, dict) and isinstance(shard, dict)
-    assert (first["kind"], shard["kind"]) == ("minibatch", "baseline")
-    assert (shard["number"], first["number"]) == (0, 1)
-    assert searcher.suggest("tune-2")["number"] == 0  # type: ignore[index]  # its 2nd shard
+    first = searcher.suggest("tune-1")
+    assert isinstance(first, dict)
+    assert (first["kind"], first["number"]) == ("baseline", 0)
+    assert searcher.claim("driver-0-0", wait_s=0.01) == "wait"  # handed out once only
+    _provide(searcher, state)
+    assert searcher.suggest("tune-2")["kind"] == "minibatch"  # type: ignore[index]
 
 
 def test_a_stopped_driver_trial_leaves_no_record_so_a_resumed_run_runs_it_again() -> None:
     searcher, state = _searcher_with_candidates()
-    (name,) = {k.split("__")[0] for k in state.plan.baseline}
-    candidates = Candidates(
-        instructions={name: ["Answer.", "Answer briefly."]}, demo_sets={name: [[], []]}
-    )
-    inner = OptunaSearch(space=search_space(candidates, None), metric="score", mode="max")
-    searcher.provide(candidates, inner)
+    inner = _provide(searcher, state)
+    searcher.suggest("tune-1")  # the baseline
     claimed = searcher.claim("driver-0-0")
-    assert isinstance(claimed, dict)
+    assert isinstance(claimed, dict) and claimed["kind"] == "minibatch"
     stopped = TrialOutcome(
         score=0.0,
         failed=True,
@@ -251,3 +259,68 @@ def test_a_stopped_driver_trial_leaves_no_record_so_a_resumed_run_runs_it_again(
     searcher.drop("driver-0-0", stopped)
     assert state.records == [] and state.minibatch_done() == 0
     assert [t.state.name for t in inner._ot_study.trials] == ["FAIL"]  # Optuna was told
+
+
+def test_the_driver_lanes_alone_run_a_whole_search_under_their_limiter(tmp_path: Path) -> None:
+    """Before Ray is up (no Tune run, no trial actor yet) the driver's lanes score the
+    baseline at once, then every trial once the candidates arrive, within their limiter's cap."""
+    task = LandscapeTask()
+    program = Pipeline.from_signatures(task.signature, instructions=["Label the item."])
+    (name,) = program.named_predictors()
+    plan = SearchPlan(num_trials=4, full_eval_steps=2, baseline=baseline_params([name]))
+    records: list[TrialRecord] = []
+    state = SearchState(plan, records=[], usage_before=Usage(), on_record=records.append)
+    candidates = Candidates(
+        instructions={name: ["Label the item.", "Give the item's label.", "Name the label."]},
+        demo_sets={name: [[], [dict(task.examples(0, 1)[0])]]},
+    )
+    with FakeLLMServer(responder=task, latency_s=0.02, max_concurrency=4) as server:
+        lm = LMConfig(
+            model="lanes",
+            base_url=server.base_url,
+            api_key_env=None,
+            cache=False,
+            max_concurrency=4,
+            timeout_s=10,
+        )
+        spec = TrialSpec(
+            program=program,
+            valset=task.examples(100, 12),
+            metric=resolve_metric("exact_match"),
+            lm=lm,
+            minibatch_size=4,
+            concurrency=4,
+            max_error_fraction=0.5,
+            seed=0,
+        )
+        search = SearchRun(
+            spec,
+            state,
+            study_name="lanes",
+            temperature_range=None,
+            max_concurrent_trials=2,
+            tune_dir=str(tmp_path / "tune"),
+        )
+
+        async def drive() -> None:
+            lanes = asyncio.ensure_future(search.lanes(LocalLimiter(max_in_flight=4)))
+            while server.requests == 0:  # the baseline runs before the candidates exist
+                await asyncio.sleep(0.01)
+            storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}")
+            await asyncio.to_thread(
+                search.provide, candidates, usage_before=Usage(), storage=storage
+            )
+            await asyncio.wait_for(lanes, timeout=60)
+
+        asyncio.run(drive())
+        assert server.peak_in_flight <= 4 and 429 not in server.by_status
+        served = server.completed
+
+    assert state.stop_reason == "completed 4 trials"
+    assert all(r.state == "complete" for r in records)
+    baseline = next(r for r in records if r.kind == "baseline")
+    assert (baseline.number, baseline.n_examples) == (0, 12)
+    assert sum(1 for r in records if r.kind == "minibatch") == 4
+    assert sum(1 for r in records if r.kind == "full") == 2  # after trials 2 and 4
+    assert sorted(r.number for r in records) == list(range(len(records)))
+    assert sum(r.calls for r in records) == served

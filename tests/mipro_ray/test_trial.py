@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ from mipro_ray import LMConfig, Pipeline, resolve_metric
 from mipro_ray.ray_limiter import get_limiter_actor
 from mipro_ray.search import baseline_choices
 from mipro_ray.testing import FakeLLMServer, LandscapeTask
-from mipro_ray.trial import TrialSpec, score_config
+from mipro_ray.trial import TrialSpec, evaluate_config, score_config
 
 pytestmark = pytest.mark.ray
 
@@ -79,7 +80,9 @@ def test_a_stopped_trial_fails_with_the_reason_and_its_llm_traffic_ends(
 
         result: list[object] = []
         thread = threading.Thread(
-            target=lambda: result.append(score_config(_full_config(spec), spec, stopped=stopped))
+            target=lambda: result.append(
+                asyncio.run(evaluate_config(_full_config(spec), spec, stopped=stopped))
+            )
         )
         thread.start()
         thread.join(timeout=30)
