@@ -13,6 +13,7 @@ All LLM traffic goes through one cluster-wide limiter per endpoint (`mipro_ray.r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -321,10 +322,13 @@ class MIPRO:
             for config in lm_configs:
                 get_limiter_actor(config)  # compares the limits of an existing limiter
         except BaseException as exc:
-            # Raise at once (the preparation may take minutes); its daemon thread ends on its
-            # own once the lanes stopped.
-            search.abort(f"stopped: the cluster did not start ({exc!r})")
+            # Raise at once: the lanes stop, a started Tune run is joined; the preparation
+            # (minutes, maybe) is left to finish in its daemon thread (its candidates are saved
+            # for a rerun).
+            search.abort(f"stopped: the search could not start ({exc!r})")
             logger.warning("the search could not start; the preparation thread is left to end")
+            with contextlib.suppress(BaseException):  # the first error is the one to raise
+                search.join()
             raise
         try:
             candidates, prep_usage, failures = driver.join()
@@ -355,10 +359,12 @@ class MIPRO:
             lanes = asyncio.ensure_future(
                 search.lanes(None if handover is None else handover[self.student.endpoint_key()])
             )
+            prep = asyncio.ensure_future(
+                self._candidates(program, train, resolved, run_dir, handover)
+            )
             try:
                 prepared, storage = await asyncio.gather(
-                    self._candidates(program, train, resolved, run_dir, handover),
-                    asyncio.to_thread(self._open_storage, storage_url),
+                    prep, asyncio.to_thread(self._open_storage, storage_url)
                 )
                 candidates, prep_usage, _ = prepared
                 usage_before = prep_usage.get("bootstrap", Usage()) + prep_usage.get(
@@ -370,7 +376,8 @@ class MIPRO:
                 )
             except BaseException as exc:
                 search.abort(f"stopped: the optimizer failed before the search ({exc!r})")
-                await asyncio.gather(lanes, return_exceptions=True)  # they stop at once
+                prep.cancel()  # e.g. the storage failed: stop at once, its calls too
+                await asyncio.gather(prep, lanes, return_exceptions=True)  # nothing held after
                 raise
             await lanes
             return prepared

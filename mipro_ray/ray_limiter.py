@@ -180,7 +180,10 @@ class RayLimiter:
         lease = uuid.uuid4().hex
         actor = self._actor()
         try:
-            granted = await actor.acquire.remote(lease, tokens, self._ttl_s, priority)
+            # No priority argument when 0: a limiter actor of an earlier version (detached, on
+            # a long-lived cluster) takes none.
+            extra = (priority,) if priority else ()
+            granted = await actor.acquire.remote(lease, tokens, self._ttl_s, *extra)
         except asyncio.CancelledError:
             # The actor may grant the slot after we stop waiting: end the lease either way.
             actor.release.remote(lease, 0)
@@ -243,7 +246,12 @@ class HandoverLimiter:
                 return
             loop = self._loop
         assert loop is not None  # a slot is held: the owner's loop acquired it
-        loop.call_soon_threadsafe(self._start_adopter, remote)
+        try:
+            loop.call_soon_threadsafe(self._start_adopter, remote)
+        except RuntimeError:  # the owner's loop closed meanwhile: it released everything
+            with self._lock:
+                self._remote = remote
+            self.handed_over.set()
 
     def _start_adopter(self, remote: Limiter) -> None:
         self._adopter = asyncio.get_running_loop().create_task(self._adopt(remote))

@@ -18,7 +18,7 @@ the baseline, while the optimizer still bootstraps demos and proposes instructio
 loop (and, for a run that starts its own cluster, before Ray is even up), then minibatch and
 full trials once `SearchRun.provide` hands over the candidates. The Tune run (`SearchRun.start`)
 starts the trial actors meanwhile (seconds of process start-up each on a small machine); the
-lanes retire one by one as the actors start trials, and the actors take over.
+lanes retire one by one as Tune starts trials on the actors, and the actors take over.
 
 A trial whose evaluation exceeds its error budget is reported as failed with its reason and told
 to Optuna as FAIL, never as a score. Records of every finished trial go to a callback as they
@@ -425,8 +425,9 @@ class MiproSearcher(Searcher):
         Returns its config (`on_trial_complete` or `drop` it with ``trial_id``), ``"wait"``
         after waiting up to ``wait_s`` for a finished trial or the candidates (ask again), or
         ``Searcher.FINISHED``: the search is over, or ``retire_after`` Tune trials have
-        started (lane ``i`` of ``n`` passes ``n - i``: each trial actor that starts retires
-        one lane, so the pipe stays full while the others still start).
+        started (lane ``i`` of ``n`` passes ``n - i``: each trial Tune starts on an actor
+        retires one lane, so the pipe stays full while the other actors still start; with
+        reused actors a quick one may retire more than its share).
         """
         with self._changed:
             if self._tune_starts >= retire_after:
@@ -940,4 +941,8 @@ class SearchRun:
                 log_to_file=True,
             ),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        except BaseException as exc:  # the driver's lanes must stop too (they may wait on it)
+            self._state.abort(f"stopped: the search failed ({exc!r})")
+            raise
