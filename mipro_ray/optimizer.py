@@ -20,7 +20,7 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Literal, TypeVar
 
 import optuna
@@ -283,9 +283,8 @@ class MIPRO:
         )
         # One limiter per endpoint (configs that differ in sampling settings share one).
         endpoints = {c.endpoint_key(): c for c in (self.proposer, self.teacher, self.student)}
-        lm_configs = set(endpoints.values())
         handover: dict[str, HandoverLimiter] | None = None
-        if self._starts_local_cluster(lm_configs):
+        if self._starts_local_cluster(endpoints.values()):
             # Until the new local cluster runs (seconds), this driver is the endpoint's only
             # client: it works under an in-process limiter meanwhile (see `HandoverLimiter`).
             handover = {
@@ -294,7 +293,7 @@ class MIPRO:
             }
         else:
             self._ensure_ray()
-            for config in lm_configs:
+            for config in endpoints.values():
                 get_limiter_actor(config, wait=False)  # its process starts meanwhile
         # The driver's event loop bootstraps demos and proposes instructions while the
         # search's lanes score the baseline (which needs no candidates), then trials, until
@@ -319,7 +318,7 @@ class MIPRO:
                         raise limiter.error
             if not self.cancel.is_set():
                 search.start()
-            for config in lm_configs:
+            for config in endpoints.values():
                 get_limiter_actor(config)  # compares the limits of an existing limiter
         except BaseException as exc:
             # Raise at once: the lanes stop, a started Tune run is joined; the preparation
@@ -589,7 +588,7 @@ class MIPRO:
             return
         run_dir.write_json("config.json", config)
 
-    def _starts_local_cluster(self, lm_configs: set[LMConfig]) -> bool:
+    def _starts_local_cluster(self, lm_configs: Iterable[LMConfig]) -> bool:
         """Whether `_ensure_ray` will start a new local cluster that no other driver uses.
 
         Only then may the driver use an in-process limiter until the cluster's exists. Not

@@ -367,6 +367,12 @@ class SearchState:
         ):
             self._stop(f"no improvement in {plan.patience} trials (patience)", hard=False)
 
+    def must_stop(self) -> bool:
+        """Whether running trials must stop now: a hard stop, or a cancel (made one here)."""
+        if self.cancel.is_set():
+            self._stop("cancelled", hard=True)
+        return self.hard_stop
+
     def abort(self, reason: str) -> None:
         """Stops the search at once (running trials too), e.g. when the optimizer failed."""
         self._stop(reason, hard=True)
@@ -480,10 +486,7 @@ class MiproSearcher(Searcher):
     def _take(self, trial_id: str) -> dict[str, object] | str:
         """The next trial's config (numbered and live), `_WAIT`, or FINISHED; with the lock
         held."""
-        state = self._state
-        if state.cancel.is_set():
-            state._stop("cancelled", hard=True)
-        if state.hard_stop:
+        if self._state.must_stop():
             return Searcher.FINISHED
         config = self._next(trial_id)
         if config is None:
@@ -646,9 +649,7 @@ class _StopAll(tune.Stopper):
         return False
 
     def stop_all(self) -> bool:
-        if self._state.cancel.is_set():
-            self._state._stop("cancelled", hard=True)
-        return self._state.hard_stop
+        return self._state.must_stop()
 
 
 class _TrialStarted(tune.Callback):
