@@ -308,18 +308,22 @@ class MIPRO:
             if handover is not None:
                 self._ensure_ray()
                 for key, config in endpoints.items():
-                    # Immediate when nothing is held here; else the adoption's leases wait
-                    # for the limiter actor to start.
+                    # Takes effect once the limiter actor answers (its process starts
+                    # meanwhile; the driver's calls go on under the local limiter).
                     get_limiter_actor(config, wait=False)
                     handover[key].hand_over(RayLimiter.for_config(config))
                 for limiter in handover.values():
                     wait_event(limiter.handed_over)
                     if limiter.error is not None:
                         raise limiter.error
+            for config in endpoints.values():
+                # Compares the limits of an existing limiter, and waits until it answers:
+                # the trial actors' processes start after it (a node starts as many worker
+                # processes at once as it has CPUs), so the driver's calls do not wait
+                # behind them.
+                get_limiter_actor(config)
             if not self.cancel.is_set():
                 search.start()
-            for config in endpoints.values():
-                get_limiter_actor(config)  # compares the limits of an existing limiter
         except BaseException as exc:
             # Raise at once: the lanes stop, a started Tune run is joined; the preparation
             # (minutes, maybe) is left to finish in its daemon thread (its candidates are saved
@@ -472,9 +476,10 @@ class MIPRO:
             )
             propose_usage = proposer.usage
         finally:
-            await teacher.aclose()
-            if proposer is not teacher:
-                await proposer.aclose()
+            for lm in (teacher, proposer):
+                await lm.aclose()
+                if isinstance(lm.limiter, RayLimiter):  # not the run's hand-over limiter
+                    await lm.limiter.aclose()
         return demo_sets, instructions, {"bootstrap": boot_usage, "propose": propose_usage}
 
     def _lm(self, config: LMConfig, handover: dict[str, HandoverLimiter] | None = None) -> LM:

@@ -88,7 +88,8 @@ def run_spec(
 async def _test_scores(
     baseline: Program, optimized: Program, test: list[Example], metric: Metric, config: LMConfig
 ) -> tuple[float, float]:
-    lm = LM(config, limiter=RayLimiter.for_config(config))
+    limiter = RayLimiter.for_config(config)
+    lm = LM(config, limiter=limiter)
     try:
         before, after = await asyncio.gather(
             evaluate(baseline, test, metric=metric, lm=lm, concurrency=config.max_concurrency),
@@ -96,4 +97,5 @@ async def _test_scores(
         )
     finally:
         await lm.aclose()
+        await limiter.aclose()
     return before.score, after.score

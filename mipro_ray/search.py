@@ -17,8 +17,11 @@ lanes (`SearchRun.lanes`, one per trial actor, on the driver's event loop) take 
 the baseline, while the optimizer still bootstraps demos and proposes instructions on the same
 loop (and, for a run that starts its own cluster, before Ray is even up), then minibatch and
 full trials once `SearchRun.provide` hands over the candidates. The Tune run (`SearchRun.start`)
-starts the trial actors meanwhile (seconds of process start-up each on a small machine); the
-lanes retire one by one as Tune starts trials on the actors, and the actors take over.
+starts the trial actors meanwhile, each with a *warm-up* trial: no configuration, no LLM call,
+it only checks in with the driver until the searcher releases it (seconds of process start-up
+on a small machine, 10 s measured under load: a real trial handed to a starting actor would
+wait that long while the rest of the search waited for it). Releasing a warm-up retires one
+lane; Tune then reuses the started actor for a real trial, and the actors take over.
 
 A trial whose evaluation exceeds its error budget is reported as failed with its reason and told
 to Optuna as FAIL, never as a score. Records of every finished trial go to a callback as they
@@ -93,6 +96,8 @@ Params = dict[str, int | float]
 _TRIAL_CPUS = 0.25
 _MAX_LANES = 8
 """Most trials the driver scores at once while the trial actors start."""
+WARMUP = "warmup"
+"""The kind of a trial actor's first Tune trial (see `MiproSearcher.release_warmup`)."""
 
 
 class Candidates(BaseModel):
@@ -390,11 +395,12 @@ class MiproSearcher(Searcher):
     It starts without candidates: until `provide` is called it hands out only the baseline
     (whose configuration is known up front) and then waits. Until the trial actors have
     started, the driver's lanes (`SearchRun.lanes`) `claim` trials and score them in the
-    driver; the first lane takes the baseline, before Tune asks. Tune then asks for its first
-    trials once the candidates exist, and as many at once as it runs actors, so every trial
-    actor starts at the same time. (Tune prefers a cached actor to one still starting and
-    kills the latter, so actors started one at a time, while short trials finish on the
-    first, would be started and killed over and over.)
+    driver; the first lane takes the baseline. Tune's first ``actors`` trials are warm-ups,
+    one per trial actor, all asked at once when the Tune run starts, so every actor starts at
+    the same time. A warm-up checks in until `release_warmup` ends it; then Tune reuses its
+    actor (cached, as it has started) for a real trial. Warm-ups are released one at a time,
+    each once the previous released actor has started its real trial: Tune keeps a started
+    actor cached only while a trial waits for it (or when none is cached), and kills others.
     `provide` and the lanes call from other threads than Tune's, hence the lock.
     """
 
@@ -404,9 +410,11 @@ class MiproSearcher(Searcher):
         state: SearchState,
         baseline: dict[str, PredictorChoice],
         model: str = "",
+        actors: int = 1,
     ) -> None:
         """Args: state: bookkeeping; baseline: the unoptimized program's configuration;
-        model: the student's model name, the label of the trials' LM calls in telemetry."""
+        model: the student's model name, the label of the trials' LM calls in telemetry;
+        actors: the trial actors Tune runs (each gets a warm-up first)."""
         super().__init__(metric="score", mode="max")
         self._state = state
         self._model = model
@@ -419,7 +427,12 @@ class MiproSearcher(Searcher):
         self._baseline_score: float | None = None
         self._live: dict[str, dict[str, object]] = {}
         self._changed = threading.Condition(self._lock)
-        self._tune_starts = 0  # trials Tune's actors started
+        self._actors = actors
+        self._warmups: set[str] = set()  # live warm-up trials (Tune trial ids)
+        self._warmups_issued = 0
+        self._released = 0  # warm-ups released: lanes retired
+        self._tune_starts = 0  # real trials Tune's actors started
+        self._finished = False  # FINISHED was handed out: nothing more to run
         self._asked_minibatch = state.minibatch_done()
         self._next_number = state.next_number
 
@@ -430,13 +443,12 @@ class MiproSearcher(Searcher):
 
         Returns its config (`on_trial_complete` or `drop` it with ``trial_id``), ``"wait"``
         after waiting up to ``wait_s`` for a finished trial or the candidates (ask again), or
-        ``Searcher.FINISHED``: the search is over, or ``retire_after`` Tune trials have
-        started (lane ``i`` of ``n`` passes ``n - i``: each trial Tune starts on an actor
-        retires one lane, so the pipe stays full while the other actors still start; with
-        reused actors a quick one may retire more than its share).
+        ``Searcher.FINISHED``: the search is over, or ``retire_after`` warm-ups have been
+        released (lane ``i`` of ``n`` passes ``n - i``: each trial actor that takes over
+        retires one lane, so the pipe stays full while the other actors still start).
         """
         with self._changed:
-            if self._tune_starts >= retire_after:
+            if self._released >= retire_after:
                 return Searcher.FINISHED
             config = self._take(trial_id)
             if config == _WAIT:
@@ -444,10 +456,35 @@ class MiproSearcher(Searcher):
             return config
 
     def note_tune_trial_started(self) -> None:
-        """A Tune trial started on a trial actor: one more lane of the driver retires."""
+        """A real (not warm-up) Tune trial started on a trial actor: the next warm-up may be
+        released."""
         with self._changed:
             self._tune_starts += 1
+
+    def release_warmup(self, trial_id: str) -> bool:
+        """Whether a checked-in trial should end now (Tune's stopper asks at each result).
+
+        True for a warm-up once its actor is needed: the candidates exist, and every warm-up
+        released before has started its real trial (so Tune keeps this actor cached for the
+        next one, see the class). Releasing retires one lane of the driver. Also True for a
+        warm-up once the search is over. False for real trials (they end on their own).
+        """
+        with self._changed:
+            if trial_id not in self._warmups:
+                return False
+            if self._finished or self._state.must_stop():
+                return True
+            if self._inner is None or self._released > self._tune_starts:
+                return False
+            self._released += 1
             self._changed.notify_all()
+            return True
+
+    def must_end_run(self) -> bool:
+        """Whether the Tune run must end now: a hard stop, or the search is over with only
+        warm-ups left (they may still be starting: no need to wait for them)."""
+        with self._lock:
+            return self._state.must_stop() or (self._finished and not self._live)
 
     def drop(self, trial_id: str, outcome: TrialOutcome) -> None:
         """Ends a claimed trial that was stopped (cancel, hard stop) without a record, as Tune
@@ -478,8 +515,17 @@ class MiproSearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, object] | None:
-        """Returns the next trial's config, None to wait, or FINISHED."""
+        """Returns the next trial's config (a warm-up for each of the first ``actors`` asks),
+        None to wait, or FINISHED."""
         with self._lock:
+            if (
+                self._warmups_issued < self._actors
+                and not self._finished
+                and not self._state.must_stop()
+            ):
+                self._warmups_issued += 1
+                self._warmups.add(trial_id)
+                return {"kind": WARMUP}
             config = self._take(trial_id)
         return None if config == _WAIT else config  # type: ignore[return-value]
 
@@ -487,10 +533,14 @@ class MiproSearcher(Searcher):
         """The next trial's config (numbered and live), `_WAIT`, or FINISHED; with the lock
         held."""
         if self._state.must_stop():
+            self._finished = True
             return Searcher.FINISHED
         config = self._next(trial_id)
         if config is None:
-            return _WAIT if self._live else Searcher.FINISHED
+            if self._live:
+                return _WAIT
+            self._finished = True
+            return Searcher.FINISHED
         if isinstance(config, str):  # ask again when a trial finishes
             return _WAIT
         config["number"] = self._next_number
@@ -540,8 +590,10 @@ class MiproSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict[str, object] | None = None, error: bool = False
     ) -> None:
-        """Records the trial (and its telemetry) and tells Optuna (FAIL for failed trials)."""
+        """Records the trial (and its telemetry) and tells Optuna (FAIL for failed trials).
+        A warm-up leaves nothing."""
         with self._lock:
+            self._warmups.discard(trial_id)
             config = self._live.pop(trial_id, None)
             if config is None:
                 return
@@ -636,24 +688,26 @@ def _record(
     )
 
 
-class _StopAll(tune.Stopper):
-    """Stops running trials at once when a hard budget is hit or the run is cancelled."""
+class _Stopper(tune.Stopper):
+    """Ends warm-ups when the searcher releases them, and the whole run at once when a hard
+    budget is hit, the run is cancelled, or the search is over with only warm-ups left."""
 
     def __getstate__(self) -> dict[str, object]:
         return {}  # see MiproSearcher.__getstate__
 
-    def __init__(self, state: SearchState) -> None:
-        self._state = state
+    def __init__(self, searcher: MiproSearcher) -> None:
+        self._searcher = searcher
 
     def __call__(self, trial_id: str, result: dict[str, object]) -> bool:
-        return False
+        return self._searcher.release_warmup(trial_id)
 
     def stop_all(self) -> bool:
-        return self._state.must_stop()
+        return self._searcher.must_end_run()
 
 
 class _TrialStarted(tune.Callback):
-    """Tells the searcher when a Tune trial starts on an actor (a lane of the driver retires)."""
+    """Tells the searcher when a real Tune trial starts on an actor (the next warm-up may be
+    released)."""
 
     def __init__(self, searcher: MiproSearcher) -> None:
         self._searcher: MiproSearcher | None = searcher
@@ -662,8 +716,25 @@ class _TrialStarted(tune.Callback):
         return {"_searcher": None}  # see MiproSearcher.__getstate__
 
     def on_trial_start(self, iteration: int, trials: object, trial: object, **info: object) -> None:
-        if self._searcher is not None:
+        config = getattr(trial, "config", {})
+        if self._searcher is not None and config.get("kind") != WARMUP:
             self._searcher.note_tune_trial_started()
+
+
+class _QuietWarmups(logging.Filter):
+    """Drops Tune's end-of-run warning that trials never reported, when all of them are
+    warm-ups ended before their actor started (the search was over first): nothing is
+    missing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if not message.startswith("Failed to fetch metrics"):
+            return True
+        trials = [line for line in message.splitlines()[1:] if line.strip()]
+        return not trials or not all(f"kind={WARMUP}" in line for line in trials)
+
+
+logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_QuietWarmups())
 
 
 class _NoCSV(CSVLoggerCallback):
@@ -777,6 +848,7 @@ class SearchRun:
             state=state,
             baseline=baseline_choices(spec.program),
             model=spec.lm.model,
+            actors=max_concurrent_trials,
         )
         self._run: Background[None] | None = None
 
@@ -916,7 +988,7 @@ class SearchRun:
         max_samples = (
             2 * plan.num_trials
             + plan.num_trials // plan.full_eval_steps
-            + self._max_concurrent_trials
+            + 2 * self._max_concurrent_trials  # warm-ups, and room for the last ones' asks
             + 4
         )
         tuner = tune.Tuner(
@@ -930,7 +1002,7 @@ class SearchRun:
             run_config=tune.RunConfig(
                 name=self._study_name,
                 storage_path=self._tune_dir,
-                stop=_StopAll(self._state),
+                stop=_Stopper(self._searcher),
                 callbacks=[
                     _NoCSV(),  # type: ignore[no-untyped-call]
                     _NoJSON(),  # type: ignore[no-untyped-call]

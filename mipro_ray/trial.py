@@ -13,6 +13,7 @@ running a program needs.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -99,6 +100,8 @@ class TrialOutcome(BaseModel):
 
 
 _STOP_POLL_S = 0.1
+_CHECK_IN_S = 0.25
+"""How often a warm-up trial checks in with the driver (see `run_trial`)."""
 
 
 def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
@@ -127,7 +130,18 @@ def apply_choices(program: Program, choices: Mapping[str, PredictorChoice]) -> P
 
 
 def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
-    """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`."""
+    """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`.
+
+    A trial actor's first trial is a warm-up (``kind`` ``"warmup"``, no configuration): it
+    connects to the endpoint's limiter, then checks in every `_CHECK_IN_S` until the driver's
+    stopper ends it (each report waits for the driver to take it; a stop ends the trial there).
+    Its actor then runs real trials without start-up delay.
+    """
+    if config["kind"] == "warmup":
+        RayLimiter.for_config(spec.lm).connect()
+        while True:
+            tune.report({"score": math.nan, "warmup": 1})
+            time.sleep(_CHECK_IN_S)
     tune.report(score_config(config, spec).model_dump())
 
 
@@ -181,9 +195,8 @@ async def evaluate_config(
         else:
             error_kinds.append(call.error_kind)
 
-    if limiter is None:
-        limiter = RayLimiter.for_config(spec.lm)
-    lm = LM(spec.lm, limiter=limiter, observer=observe)
+    own = RayLimiter.for_config(spec.lm) if limiter is None else None
+    lm = LM(spec.lm, limiter=own or limiter, observer=observe)
     score, failed, error = 0.0, False, None
     task = asyncio.ensure_future(
         evaluate(
@@ -212,6 +225,8 @@ async def evaluate_config(
     finally:
         usage = lm.usage
         await lm.aclose()
+        if own is not None:
+            await own.aclose()
     return TrialOutcome(
         score=score,
         failed=failed,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 import uuid
 
 import pytest
@@ -11,7 +13,13 @@ import ray
 
 from mipro_ray import LMConfig
 from mipro_ray.limiter import LocalLimiter
-from mipro_ray.ray_limiter import HandoverLimiter, RayLimiter, get_limiter_actor, limiter_name
+from mipro_ray.ray_limiter import (
+    _REUSE_S,
+    HandoverLimiter,
+    RayLimiter,
+    get_limiter_actor,
+    limiter_name,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -27,6 +35,7 @@ def _hold(name: str, seconds: float) -> None:
         await limiter.acquire(10)
         await asyncio.sleep(seconds)
         await limiter.release(10)
+        await limiter.aclose()
 
     asyncio.run(run())
 
@@ -53,6 +62,74 @@ def test_a_dead_holder_loses_its_slot_after_the_lease_expires(ray_address: str) 
 
     asyncio.run(next_caller())  # admitted once the expired lease was reclaimed
     assert ray.get(actor.stats.remote()).total_acquired == 2
+
+
+def test_a_client_reuses_a_freed_lease_for_its_next_call_and_gives_it_back(
+    ray_address: str,
+) -> None:
+    """Back-to-back calls of one client cost one actor round trip, not one each; the lease
+    is back at the actor once the client closes. With an RPM limit every call is counted."""
+
+    async def calls(limiter: RayLimiter, n: int) -> None:
+        for _ in range(n):
+            await limiter.acquire(10)
+            await asyncio.sleep(0.01)
+            await limiter.release(10)
+        await limiter.aclose()
+
+    config = _config(2)
+    actor = get_limiter_actor(config)
+    asyncio.run(calls(RayLimiter.for_config(config), 20))
+    stats = ray.get(actor.stats.remote())
+    assert stats.total_acquired == 1
+    assert stats.in_flight == 0 and stats.total_released_tokens == 200
+
+    limited = LMConfig(model=f"limiter-test-{uuid.uuid4().hex[:8]}", max_concurrency=2, rpm=6000)
+    actor = get_limiter_actor(limited)
+    asyncio.run(calls(RayLimiter.for_config(limited), 20))
+    assert ray.get(actor.stats.remote()).total_acquired == 20
+
+
+def test_a_reusing_client_lets_a_waiting_process_in_within_the_reuse_window(
+    ray_address: str,
+) -> None:
+    """A client that keeps its only slot busy gives it back to the actor after `_REUSE_S`:
+    another process waiting there gets its turn while the first client still calls."""
+    config = _config(1)
+    get_limiter_actor(config)
+
+    async def busy() -> tuple[float, float]:
+        limiter = RayLimiter.for_config(config)
+        start = time.monotonic()
+        waiter = _timed_hold.remote(limiter_name(config))
+        admitted_after: float | None = None
+        while time.monotonic() - start < 3 * _REUSE_S:
+            await limiter.acquire(1)
+            await asyncio.sleep(0.01)
+            await limiter.release(1)
+            if admitted_after is None and ray.wait([waiter], timeout=0)[0]:
+                admitted_after = time.monotonic() - start
+        await limiter.aclose()
+        waited = ray.get(waiter)
+        return waited, admitted_after if admitted_after is not None else math.inf
+
+    waited, done_after = asyncio.run(busy())
+    assert waited < _REUSE_S + 1.5
+    assert done_after < 3 * _REUSE_S  # while the first client was still calling
+
+
+@ray.remote(num_cpus=0)
+def _timed_hold(name: str) -> float:
+    async def run() -> float:
+        limiter = RayLimiter(name, ttl_s=30)
+        start = time.monotonic()
+        await limiter.acquire(1)
+        waited = time.monotonic() - start
+        await limiter.release(1)
+        await limiter.aclose()
+        return waited
+
+    return asyncio.run(run())
 
 
 def test_a_handover_to_the_cluster_limiter_keeps_the_cap_while_calls_are_in_flight(
@@ -94,7 +171,45 @@ def test_a_handover_to_the_cluster_limiter_keeps_the_cap_while_calls_are_in_flig
     assert peak_held == 4
     assert stats.peak_in_flight == 4, "the cap of 4 was exceeded across the hand-over"
     assert stats.in_flight == 0
-    assert stats.total_acquired == 4 + 6 + 8  # adopted + the driver's later calls + others
+    # Adopted + others + the driver's later calls, some of which reused a freed lease.
+    assert 4 + 8 <= stats.total_acquired <= 4 + 6 + 8
+
+
+def test_a_handover_with_nothing_held_waits_for_the_limiter_actor_not_the_calls(
+    ray_address: str,
+) -> None:
+    """Handing over while the cluster limiter's process still starts (seconds on a loaded
+    machine) must not stall the driver's calls: they go on under the local limiter until the
+    actor answers, and only then go through it."""
+    config = _config(2)
+    handover = HandoverLimiter(LocalLimiter(max_in_flight=2))
+
+    async def run() -> tuple[float, int]:
+        await handover.acquire(1)
+        await handover.release(1)  # used, nothing held at the hand-over
+        actor = get_limiter_actor(config, wait=False)  # its process starts now
+        handover.hand_over(RayLimiter.for_config(config))
+        # Not switched yet: the actor has not answered (it could not: this loop has not
+        # yielded since).
+        assert not handover.handed_over.is_set()
+        slowest = 0.0
+        while not handover.handed_over.is_set():
+            start = time.monotonic()
+            await handover.acquire(1)
+            slowest = max(slowest, time.monotonic() - start)
+            await asyncio.sleep(0.01)
+            await handover.release(1)
+        assert handover.error is None
+        await handover.acquire(1)  # now a cluster lease
+        in_flight = (await actor.stats.remote()).in_flight
+        await handover.release(1)
+        await handover.aclose()
+        return slowest, int(in_flight)
+
+    slowest, in_flight = asyncio.run(run())
+    assert slowest < 0.2, f"a call waited {slowest:.2f} s for the limiter actor to start"
+    assert in_flight == 1
+    assert ray.get(get_limiter_actor(config).stats.remote()).in_flight == 0
 
 
 def test_a_handover_under_full_load_ends_every_call_and_leaves_no_lease(
@@ -139,9 +254,12 @@ def test_a_handover_under_full_load_ends_every_call_and_leaves_no_lease(
 
 
 def test_a_hand_over_that_cannot_reach_the_cluster_limiter_reports_why() -> None:
-    class Unreachable:
-        async def acquire(self, tokens: int) -> None:
+    class Unreachable:  # a `RayLimiter` whose actor never answers
+        async def ready(self) -> None:
             raise RuntimeError("limiter actor unreachable")
+
+        async def acquire(self, tokens: int) -> None:
+            raise AssertionError("not ready: nothing may be acquired")
 
         async def release(self, tokens: int) -> None:
             raise AssertionError("nothing was acquired")

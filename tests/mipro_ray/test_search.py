@@ -154,14 +154,16 @@ def test_covering_start_tries_every_instruction_and_demo_set_once_before_tpe() -
     assert len(covering_start(space, baseline=baseline, max_points=2, seed=3)) == 2
 
 
-def _searcher_with_candidates() -> tuple[MiproSearcher, SearchState]:
+def _searcher_with_candidates(actors: int = 1) -> tuple[MiproSearcher, SearchState]:
     program = Pipeline.from_signatures("question -> answer", instructions=["Answer."])
     (name,) = program.named_predictors()
     plan = SearchPlan(
         num_trials=4, full_eval_steps=2, baseline={f"{name}__instruction": 0, f"{name}__demos": 0}
     )
     state = _state(plan)
-    searcher = MiproSearcher(state=state, baseline=baseline_choices(program), model="m")
+    searcher = MiproSearcher(
+        state=state, baseline=baseline_choices(program), model="m", actors=actors
+    )
     return searcher, state
 
 
@@ -176,49 +178,64 @@ def _provide(searcher: MiproSearcher, state: SearchState) -> OptunaSearch:
     return inner
 
 
-def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_start() -> None:
-    searcher, state = _searcher_with_candidates()
+_OUTCOME = TrialOutcome(
+    score=0.6,
+    failed=False,
+    error=None,
+    n_examples=5,
+    calls=5,
+    http_requests=5,
+    prompt_tokens=50,
+    completion_tokens=5,
+    duration_s=1.0,
+    latencies_s=[0.1] * 5,
+)
+_WARMUP_RESULT = {"score": float("nan"), "warmup": 1}
+
+
+def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_take_over() -> None:
+    searcher, state = _searcher_with_candidates(actors=2)
     # Before the candidates exist the first lane takes the baseline (as trial 0); then
-    # lanes and Tune wait.
+    # lanes wait. Tune's first asks, one per trial actor, are warm-ups (so every actor
+    # starts at once); then Tune waits too.
     baseline = searcher.claim("driver-0-0")
     assert isinstance(baseline, dict)
     assert (baseline["kind"], baseline["number"]) == ("baseline", 0)
     assert searcher.claim("driver-1-0", wait_s=0.01) == "wait"
+    assert searcher.suggest("tune-w1") == {"kind": "warmup"}
+    assert searcher.suggest("tune-w2") == {"kind": "warmup"}
     assert searcher.suggest("tune-1") is None
+    assert not searcher.release_warmup("tune-w1")  # nothing for its actor to run yet
 
     _provide(searcher, state)
     claimed = searcher.claim("driver-1-1")
     assert isinstance(claimed, dict)
     assert (claimed["kind"], claimed["number"]) == ("minibatch", 1)
-    outcome = TrialOutcome(
-        score=0.6,
-        failed=False,
-        error=None,
-        n_examples=5,
-        calls=5,
-        http_requests=5,
-        prompt_tokens=50,
-        completion_tokens=5,
-        duration_s=1.0,
-        latencies_s=[0.1] * 5,
-    )
-    searcher.on_trial_complete("driver-1-1", outcome.model_dump())
+    searcher.on_trial_complete("driver-1-1", _OUTCOME.model_dump())
     (record,) = state.records
     assert (record.kind, record.number, record.score, record.calls) == ("minibatch", 1, 0.6, 5)
 
-    # Each trial Tune starts on an actor retires one lane (lane i of n retires after n - i).
-    searcher.note_tune_trial_started()
+    # Each released warm-up retires one lane (lane i of n retires after n - i); the next is
+    # released only once the previous one's actor started a real trial.
+    assert searcher.release_warmup("tune-w1")
     assert searcher.claim("driver-1-2", retire_after=1) == Searcher.FINISHED
+    assert not searcher.release_warmup("tune-w2")
     lane_0 = searcher.claim("driver-0-1", retire_after=2)
     assert isinstance(lane_0, dict) and lane_0["number"] == 2
-    searcher.on_trial_complete("driver-0-1", outcome.model_dump())
-    searcher.note_tune_trial_started()
-    assert searcher.claim("driver-0-2", retire_after=2) == Searcher.FINISHED
+    searcher.on_trial_complete("driver-0-1", _OUTCOME.model_dump())
+    searcher.on_trial_complete("tune-w1", _WARMUP_RESULT)
     nxt = searcher.suggest("tune-2")
     assert isinstance(nxt, dict)
     assert (nxt["kind"], nxt["number"]) == ("full", 3)  # full_eval_steps=2
-    # The baseline, still running in its lane, is recorded when it ends.
-    searcher.on_trial_complete("driver-0-0", outcome.model_copy(update={"score": 0.3}).model_dump())
+    assert not searcher.release_warmup("tune-2")  # a real trial ends on its own
+    searcher.note_tune_trial_started()
+    assert searcher.release_warmup("tune-w2")
+    assert searcher.claim("driver-0-2", retire_after=2) == Searcher.FINISHED
+    # The baseline, still running in its lane, is recorded when it ends; warm-ups leave
+    # no record.
+    baseline_outcome = _OUTCOME.model_copy(update={"score": 0.3})
+    searcher.on_trial_complete("driver-0-0", baseline_outcome.model_dump())
+    searcher.on_trial_complete("tune-w2", _WARMUP_RESULT)
     assert [(r.kind, r.number) for r in state.records] == [
         ("minibatch", 1),
         ("minibatch", 2),
@@ -228,7 +245,8 @@ def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_start
 
 
 def test_tune_gets_the_baseline_when_it_asks_before_any_lane() -> None:
-    searcher, state = _searcher_with_candidates()
+    searcher, state = _searcher_with_candidates(actors=1)
+    assert searcher.suggest("tune-w") == {"kind": "warmup"}
     first = searcher.suggest("tune-1")
     assert isinstance(first, dict)
     assert (first["kind"], first["number"]) == ("baseline", 0)
@@ -237,9 +255,37 @@ def test_tune_gets_the_baseline_when_it_asks_before_any_lane() -> None:
     assert searcher.suggest("tune-2")["kind"] == "minibatch"  # type: ignore[index]
 
 
+def test_the_tune_run_ends_once_the_search_is_over_even_with_warm_ups_still_starting() -> None:
+    searcher, state = _searcher_with_candidates(actors=2)
+    assert searcher.suggest("tune-w1") == {"kind": "warmup"}
+    _provide(searcher, state)
+    numbers = []
+    while isinstance(config := searcher.claim(f"driver-0-{len(numbers)}"), dict):
+        numbers.append(config["number"])
+        searcher.on_trial_complete(f"driver-0-{len(numbers) - 1}", _OUTCOME.model_dump())
+    assert config == Searcher.FINISHED
+    assert numbers == list(range(len(state.records))) and state.minibatch_done() == 4
+    # The warm-up still checking in ends, the one not yet asked for is never issued, and
+    # Tune's run may end (no real trial live).
+    assert searcher.release_warmup("tune-w1")
+    assert searcher.suggest("tune-w2") == Searcher.FINISHED
+    assert searcher.must_end_run()
+
+
+def test_a_cancel_ends_warm_ups_and_the_tune_run() -> None:
+    searcher, state = _searcher_with_candidates(actors=2)
+    assert searcher.suggest("tune-w1") == {"kind": "warmup"}
+    assert not searcher.must_end_run()
+    state.cancel.set()
+    assert searcher.release_warmup("tune-w1")
+    assert searcher.suggest("tune-w2") == Searcher.FINISHED
+    assert searcher.must_end_run()
+
+
 def test_a_stopped_driver_trial_leaves_no_record_so_a_resumed_run_runs_it_again() -> None:
     searcher, state = _searcher_with_candidates()
     inner = _provide(searcher, state)
+    searcher.suggest("tune-w")  # a warm-up
     searcher.suggest("tune-1")  # the baseline
     claimed = searcher.claim("driver-0-0")
     assert isinstance(claimed, dict) and claimed["kind"] == "minibatch"
