@@ -182,6 +182,7 @@ class RayLimiter:
         self._tokens = 0  # tokens of reused calls, reported with the next release sent
         self._waiting: Counter[int] = Counter()  # acquires waiting at the actor, by priority
         self._flusher: asyncio.Task[None] | None = None
+        self._actor_reuse: bool | None = None  # whether the actor has no RPM/TPM window
         self._sending: set[ray.ObjectRef[None]] = set()
         self._sending_lock = threading.Lock()
 
@@ -216,7 +217,12 @@ class RayLimiter:
 
     async def ready(self) -> None:
         """Waits until the limiter actor answers (its process may still be starting)."""
-        await self._actor().limits.remote()
+        await self._read_limits()
+
+    async def _read_limits(self) -> None:
+        # Reuse needs the actor's limits (the first client to create it set them), not ours.
+        _, rpm, tpm = await self._actor().limits.remote()
+        self._actor_reuse = rpm is None and tpm is None
 
     async def acquire(self, tokens: int, *, priority: int = 0) -> None:
         """Waits for a cluster-wide slot (or reuses a freed one, see the class)."""
@@ -241,6 +247,8 @@ class RayLimiter:
         if not granted:
             raise RuntimeError(f"limiter {self._name} abandoned lease {lease}")
         self._held.append((lease, asked))
+        if self._reuse and self._actor_reuse is None:
+            await self._read_limits()
 
     def _take_idle(self, priority: int) -> bool:
         """Reuses the newest freed lease, unless a call of a higher priority waits."""
@@ -259,9 +267,13 @@ class RayLimiter:
         """Returns one slot held by this client (without waiting for the actor)."""
         if not self._held:
             return
-        lease, asked = self._held.pop()
+        # Leases are interchangeable: the oldest goes, as it expires first at the actor;
+        # keeping the later deadlines always covers the calls still running.
+        oldest = min(range(len(self._held)), key=lambda i: self._held[i][1])
+        lease, asked = self._held[oldest]
+        del self._held[oldest]
         now = time.monotonic()
-        if self._reuse and now - asked < _REUSE_S:
+        if self._reuse and self._actor_reuse and now - asked < _REUSE_S:
             self._tokens += tokens
             self._idle.append((lease, asked, now))
             if self._flusher is None or self._flusher.done():
@@ -408,13 +420,22 @@ class HandoverLimiter:
 
     async def aclose(self) -> None:
         """The owner stops using the limiter (nothing is held): a running hand-over ends (it
-        gives its leases back), a later one switches at once, and the cluster limiter's client
-        is closed (`RayLimiter.aclose`)."""
+        is cancelled if it still waits, and leases it took go back), and the cluster limiter's
+        client is closed (`RayLimiter.aclose`)."""
         if self._adopter is not None:
+            with self._lock:
+                nothing_held = self._held_local == 0
+            if nothing_held:  # nothing to carry over: do not wait for the cluster limiter
+                self._adopter.cancel()
             await asyncio.wait({self._adopter})
         self.handed_over.set()
-        if isinstance(self._remote, RayLimiter):
-            await self._remote.aclose()
+        if self._next is not None:
+            with self._lock:  # leases a cancelled adopter took, if it did not switch
+                orphans = self._adopted if self._remote is None else 0
+                self._adopted -= orphans
+            for _ in range(orphans):
+                await self._next.release(0)
+            await self._next.aclose()
 
     async def acquire(self, tokens: int, *, priority: int = 0) -> None:
         """A slot from the local limiter before the switch, from the cluster's after."""

@@ -398,9 +398,10 @@ class MiproSearcher(Searcher):
     driver; the first lane takes the baseline. Tune's first ``actors`` trials are warm-ups,
     one per trial actor, all asked at once when the Tune run starts, so every actor starts at
     the same time. A warm-up checks in until `release_warmup` ends it; then Tune reuses its
-    actor (cached, as it has started) for a real trial. Warm-ups are released one at a time,
-    each once the previous released actor has started its real trial: Tune keeps a started
-    actor cached only while a trial waits for it (or when none is cached), and kills others.
+    actor (cached, as it has started) for a real trial. Warm-ups are released once all of
+    them checked in, one at a time, each once the previous released actor has started its
+    real trial: Tune keeps a started actor cached only while a trial waits for it (or when
+    none is cached), and kills others.
     `provide` and the lanes call from other threads than Tune's, hence the lock.
     """
 
@@ -429,6 +430,7 @@ class MiproSearcher(Searcher):
         self._changed = threading.Condition(self._lock)
         self._actors = actors
         self._warmups: set[str] = set()  # live warm-up trials (Tune trial ids)
+        self._checked_in: set[str] = set()  # warm-ups that reported (their actors run)
         self._warmups_issued = 0
         self._released = 0  # warm-ups released: lanes retired
         self._tune_starts = 0  # real trials Tune's actors started
@@ -464,17 +466,27 @@ class MiproSearcher(Searcher):
     def release_warmup(self, trial_id: str) -> bool:
         """Whether a checked-in trial should end now (Tune's stopper asks at each result).
 
-        True for a warm-up once its actor is needed: the candidates exist, and every warm-up
-        released before has started its real trial (so Tune keeps this actor cached for the
-        next one, see the class). Releasing retires one lane of the driver. Also True for a
-        warm-up once the search is over. False for real trials (they end on their own).
+        True for a warm-up once its actor is needed: the candidates exist, every live warm-up
+        has checked in (its actor runs: Tune gives a cached actor to the first pending trial,
+        and would hand it to a warm-up still starting, killing that one's actor), and every
+        warm-up released before has started its real trial (so Tune keeps this actor cached
+        for the next one, see the class). Releasing retires one lane of the driver. Also True
+        for a warm-up once the search is over. False for real trials (they end on their own).
+        A warm-up that cannot start (the cluster lacks the resources) holds the releases back:
+        the driver's lanes then run the search.
         """
         with self._changed:
             if trial_id not in self._warmups:
                 return False
+            self._checked_in.add(trial_id)
             if self._finished or self._state.must_stop():
                 return True
-            if self._inner is None or self._released > self._tune_starts:
+            if (
+                self._inner is None
+                or self._released > self._tune_starts
+                or self._warmups_issued < self._actors
+                or not self._warmups <= self._checked_in
+            ):
                 return False
             self._released += 1
             self._changed.notify_all()
@@ -594,6 +606,7 @@ class MiproSearcher(Searcher):
         A warm-up leaves nothing."""
         with self._lock:
             self._warmups.discard(trial_id)
+            self._checked_in.discard(trial_id)
             config = self._live.pop(trial_id, None)
             if config is None:
                 return
@@ -722,9 +735,8 @@ class _TrialStarted(tune.Callback):
 
 
 class _QuietWarmups(logging.Filter):
-    """Drops Tune's end-of-run warning that trials never reported, when all of them are
-    warm-ups ended before their actor started (the search was over first): nothing is
-    missing."""
+    """Drops Tune's end-of-run warning that it cannot read some trials' metrics back, when
+    all of them are warm-ups (they have none to read): nothing is missing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -68,7 +68,8 @@ def test_a_client_reuses_a_freed_lease_for_its_next_call_and_gives_it_back(
     ray_address: str,
 ) -> None:
     """Back-to-back calls of one client cost one actor round trip, not one each; the lease
-    is back at the actor once the client closes. With an RPM limit every call is counted."""
+    is back at the actor once the client closes. When the actor has an RPM limit (set by
+    the client that created it) every call is counted, whatever the client's own config."""
 
     async def calls(limiter: RayLimiter, n: int) -> None:
         for _ in range(n):
@@ -84,9 +85,11 @@ def test_a_client_reuses_a_freed_lease_for_its_next_call_and_gives_it_back(
     assert stats.total_acquired == 1
     assert stats.in_flight == 0 and stats.total_released_tokens == 200
 
-    limited = LMConfig(model=f"limiter-test-{uuid.uuid4().hex[:8]}", max_concurrency=2, rpm=6000)
-    actor = get_limiter_actor(limited)
-    asyncio.run(calls(RayLimiter.for_config(limited), 20))
+    model = f"limiter-test-{uuid.uuid4().hex[:8]}"
+    actor = get_limiter_actor(LMConfig(model=model, max_concurrency=2, rpm=6000))
+    unlimited = LMConfig(model=model, max_concurrency=2)  # same endpoint, no RPM of its own
+    assert limiter_name(unlimited) == limiter_name(LMConfig(model=model, max_concurrency=2, rpm=1))
+    asyncio.run(calls(RayLimiter.for_config(unlimited), 20))
     assert ray.get(actor.stats.remote()).total_acquired == 20
 
 

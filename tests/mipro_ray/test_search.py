@@ -206,6 +206,7 @@ def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_take_
     assert searcher.suggest("tune-w2") == {"kind": "warmup"}
     assert searcher.suggest("tune-1") is None
     assert not searcher.release_warmup("tune-w1")  # nothing for its actor to run yet
+    assert not searcher.release_warmup("tune-w2")  # both actors run (checked in)
 
     _provide(searcher, state)
     claimed = searcher.claim("driver-1-1")
@@ -242,6 +243,21 @@ def test_driver_lanes_take_the_baseline_then_trials_until_the_trial_actors_take_
         ("baseline", 0),
     ]
     assert state.baseline_done()
+
+
+def test_no_warm_up_is_released_while_another_one_still_starts() -> None:
+    """Tune would hand a released warm-up's actor to a warm-up still starting (the first
+    pending trial) and kill that one's process, not to the real trial waiting for it."""
+    searcher, state = _searcher_with_candidates(actors=2)
+    assert searcher.suggest("tune-w1") == {"kind": "warmup"}
+    _provide(searcher, state)
+    assert not searcher.release_warmup("tune-w1")  # the second warm-up is not asked yet
+    assert searcher.suggest("tune-w2") == {"kind": "warmup"}
+    assert not searcher.release_warmup("tune-w1")  # asked, its actor still starts
+    assert searcher.release_warmup("tune-w2")  # its first check-in: both run, one goes
+    assert not searcher.release_warmup("tune-w1")  # after that one's real trial started
+    searcher.note_tune_trial_started()
+    assert searcher.release_warmup("tune-w1")
 
 
 def test_tune_gets_the_baseline_when_it_asks_before_any_lane() -> None:
