@@ -248,7 +248,12 @@ class RayLimiter:
             raise RuntimeError(f"limiter {self._name} abandoned lease {lease}")
         self._held.append((lease, asked))
         if self._reuse and self._actor_reuse is None:
-            await self._read_limits()
+            try:
+                await self._read_limits()
+            except BaseException:  # e.g. the call was cancelled: it will not release
+                self._held.remove((lease, asked))
+                self._send_release(lease, 0)
+                raise
 
     def _take_idle(self, priority: int) -> bool:
         """Reuses the newest freed lease, unless a call of a higher priority waits."""
