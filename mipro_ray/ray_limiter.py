@@ -210,13 +210,10 @@ class RayLimiter:
             self._handle = ray.get_actor(self._name, namespace=NAMESPACE)
         return self._handle
 
-    def connect(self) -> None:
-        """Looks the limiter actor up and waits until it answers (a trial actor's warm-up
-        does, so its first call does not); raises ValueError if no such actor exists."""
-        ray.get(self._actor().limits.remote())
-
     async def ready(self) -> None:
-        """Waits until the limiter actor answers (its process may still be starting)."""
+        """Waits until the limiter actor answers (its process may still be starting): the
+        hand-over does before it switches, a trial actor's warm-up so its first call does
+        not; raises ValueError if no such actor exists."""
         await self._read_limits()
 
     async def _read_limits(self) -> None:
@@ -301,8 +298,11 @@ class RayLimiter:
                         keep.append((lease, asked, freed))
                 self._idle = keep
         finally:
-            while self._idle:
-                self._send_release(self._idle.popleft()[0], 0)
+            self._give_back_idle()
+
+    def _give_back_idle(self) -> None:
+        while self._idle:
+            self._send_release(self._idle.popleft()[0], 0)
 
     def _send_release(self, lease: str, tokens: int) -> None:
         """Ends ``lease`` at the actor; a failure is logged (the lease expires anyway)."""
@@ -327,8 +327,7 @@ class RayLimiter:
         if self._flusher is not None and not self._flusher.done():
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
-        while self._idle:
-            self._send_release(self._idle.popleft()[0], 0)
+        self._give_back_idle()
         with self._sending_lock:
             sending = list(self._sending)
         await asyncio.gather(*sending, return_exceptions=True)  # failures: logged in _sent

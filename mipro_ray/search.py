@@ -59,6 +59,7 @@ from mipro_ray.lm import Usage
 from mipro_ray.program import Program
 from mipro_ray.signature import Example
 from mipro_ray.trial import (
+    WARMUP,
     PredictorChoice,
     TrialOutcome,
     TrialSpec,
@@ -96,8 +97,6 @@ Params = dict[str, int | float]
 _TRIAL_CPUS = 0.25
 _MAX_LANES = 8
 """Most trials the driver scores at once while the trial actors start."""
-WARMUP = "warmup"
-"""The kind of a trial actor's first Tune trial (see `MiproSearcher.release_warmup`)."""
 
 
 class Candidates(BaseModel):

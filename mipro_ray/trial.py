@@ -102,6 +102,8 @@ class TrialOutcome(BaseModel):
 _STOP_POLL_S = 0.1
 _CHECK_IN_S = 0.25
 """How often a warm-up trial checks in with the driver (see `run_trial`)."""
+WARMUP = "warmup"
+"""The kind of a trial actor's first Tune trial (see `run_trial`)."""
 
 
 def minibatch_indices(n_val: int, size: int, *, seed: int, number: int) -> list[int]:
@@ -132,13 +134,13 @@ def apply_choices(program: Program, choices: Mapping[str, PredictorChoice]) -> P
 def run_trial(config: dict[str, object], spec: TrialSpec) -> None:
     """Tune function trainable: evaluates one configuration and reports a `TrialOutcome`.
 
-    A trial actor's first trial is a warm-up (``kind`` ``"warmup"``, no configuration): it
-    connects to the endpoint's limiter, then checks in every `_CHECK_IN_S` until the driver's
-    stopper ends it (each report waits for the driver to take it; a stop ends the trial there).
-    Its actor then runs real trials without start-up delay.
+    A trial actor's first trial is a warm-up (``kind`` `WARMUP`, no configuration): it waits
+    until the endpoint's limiter answers, then checks in every `_CHECK_IN_S` until the
+    driver's stopper ends it (each report waits for the driver to take it; a stop ends the
+    trial there). Its actor then runs real trials without start-up delay.
     """
-    if config["kind"] == "warmup":
-        RayLimiter.for_config(spec.lm).connect()
+    if config["kind"] == WARMUP:
+        asyncio.run(RayLimiter.for_config(spec.lm).ready())
         while True:
             tune.report({"score": math.nan, "warmup": 1})
             time.sleep(_CHECK_IN_S)
